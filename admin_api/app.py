@@ -1,0 +1,273 @@
+"""The Admin API application factory: routes, bearer-token auth and error rendering.
+
+Every error leaves the API in one shape, `{"error": {"type", "message"}}`, where the
+message says what to change; pipeline errors map to HTTP statuses in `_ERROR_STATUS`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+
+from admin_api.models import (
+    ErrorDetail,
+    ErrorResponse,
+    FieldError,
+    HealthResponse,
+    InvocationResponse,
+    ServiceListResponse,
+    ServiceResponse,
+    invocation_response,
+    service_list_response,
+    service_response,
+)
+from admin_api.ports import InvocationReader, ServiceReader
+from pipeline.errors import (
+    ConflictError,
+    NotFoundError,
+    PipelineError,
+    RetryableError,
+    ValidationError,
+)
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTION = """\
+Inspect what pipeline runs: invocations with their journal and last error, and the
+services that worker deployments announce.
+
+Every route except `/health` needs a bearer token from `PIPELINE_ADMIN_API_TOKENS`,
+sent as `Authorization: Bearer <token>`.
+"""
+
+# Most specific first: NotFoundError and ConflictError are ValidationErrors too.
+_ERROR_STATUS: tuple[tuple[type[PipelineError], int, str], ...] = (
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (ValidationError, 422, "invalid"),
+    (RetryableError, 503, "unavailable"),
+    (PipelineError, 500, "internal"),
+)
+
+_HOW_TO_AUTHENTICATE = (
+    "send the header `Authorization: Bearer <token>` with one of the tokens "
+    "configured in PIPELINE_ADMIN_API_TOKENS"
+)
+
+# Stateless and immutable; module level so that FastAPI can resolve the annotation.
+# auto_error=False so that a missing token gets our message and status, not FastAPI's.
+_BEARER_SCHEME = HTTPBearer(auto_error=False, description=_HOW_TO_AUTHENTICATE)
+
+_AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorResponse, "description": "Missing or unknown bearer token."},
+}
+
+_MAX_INVOCATION_ID = 1024
+_MAX_SERVICE_NAME = 128
+
+
+def create_app(
+    settings: Settings,
+    *,
+    invocations: InvocationReader,
+    services: ServiceReader,
+) -> FastAPI:
+    """Build the Admin API over the given readers; nothing runs until a server serves it."""
+    app = FastAPI(
+        title="pipeline Admin API",
+        description=_DESCRIPTION,
+        version=_package_version(),
+    )
+    app.add_exception_handler(PipelineError, _render_pipeline_error)
+    app.add_exception_handler(RequestValidationError, _render_request_validation_error)
+    app.add_exception_handler(HTTPException, _render_http_error)
+    app.add_exception_handler(Exception, _render_unexpected_error)
+
+    @app.get("/health", summary="Liveness check (no token needed)", tags=["health"])
+    def health() -> HealthResponse:
+        return HealthResponse()
+
+    require_token = _bearer_auth(_accepted_tokens(settings))
+    app.include_router(
+        _inspection_routes(invocations, services),
+        dependencies=[Depends(require_token)],
+        responses=_AUTH_RESPONSES,
+    )
+    return app
+
+
+def _inspection_routes(invocations: InvocationReader, services: ServiceReader) -> APIRouter:
+    router = APIRouter()
+
+    # `:path` because derived ids contain slashes (e.g. `idem:Service/handler:key`).
+    @router.get(
+        "/invocations/{invocation_id:path}",
+        summary="Inspect one invocation: status, attempts, queue, journal, last error",
+        tags=["invocations"],
+        responses={404: {"model": ErrorResponse, "description": "No such invocation."}},
+    )
+    def get_invocation(
+        invocation_id: Annotated[
+            str,
+            Path(
+                min_length=1,
+                max_length=_MAX_INVOCATION_ID,
+                description="The id returned when the invocation was submitted.",
+            ),
+        ],
+    ) -> InvocationResponse:
+        invocation = invocations.invocation(invocation_id)
+        if invocation is None:
+            raise NotFoundError(
+                f"invocation {invocation_id!r} does not exist: check the id (it is "
+                "case-sensitive and is the one returned when the invocation was submitted)"
+            )
+        return invocation_response(invocation)
+
+    @router.get(
+        "/services",
+        summary="List announced services with their handlers and retry policies",
+        tags=["services"],
+    )
+    def list_services() -> ServiceListResponse:
+        return service_list_response(services.services())
+
+    @router.get(
+        "/services/{name}",
+        summary="Inspect one service: its handlers and their retry policies",
+        tags=["services"],
+        responses={404: {"model": ErrorResponse, "description": "No such service."}},
+    )
+    def get_service(
+        name: Annotated[str, Path(min_length=1, max_length=_MAX_SERVICE_NAME)],
+    ) -> ServiceResponse:
+        service = services.service(name)
+        if service is None:
+            raise NotFoundError(
+                f"service {name!r} is not announced: check the name (GET /services lists "
+                "them) and that a worker deployment serving it has started"
+            )
+        return service_response(service)
+
+    return router
+
+
+def _accepted_tokens(settings: Settings) -> tuple[bytes, ...]:
+    tokens = tuple(
+        secret.get_secret_value().encode()
+        for secret in settings.admin_api_tokens
+        if secret.get_secret_value()
+    )
+    if not tokens:
+        raise ValidationError(
+            "admin_api_tokens is empty, so no request could ever be authorized: "
+            "set PIPELINE_ADMIN_API_TOKENS to a JSON list of tokens"
+        )
+    return tokens
+
+
+def _bearer_auth(
+    accepted: tuple[bytes, ...],
+) -> Callable[[HTTPAuthorizationCredentials | None], None]:
+    def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER_SCHEME)],
+    ) -> None:
+        if credentials is None:
+            raise HTTPException(
+                401,
+                detail=f"missing bearer token: {_HOW_TO_AUTHENTICATE}",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not _token_accepted(credentials.credentials.encode(), accepted):
+            raise HTTPException(
+                401,
+                detail=f"bearer token not accepted: {_HOW_TO_AUTHENTICATE}",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+
+    return require_token
+
+
+def _token_accepted(presented: bytes, accepted: tuple[bytes, ...]) -> bool:
+    # Compare against every token, without stopping early, so timing reveals nothing.
+    matched = False
+    for token in accepted:
+        matched |= hmac.compare_digest(presented, token)
+    return matched
+
+
+def _error_json(
+    status: int,
+    error_type: str,
+    message: str,
+    *,
+    fields: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(type=error_type, message=message, fields=fields))
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers
+    )
+
+
+async def _render_pipeline_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PipelineError)
+    status, error_type = next(
+        (status, name) for kind, status, name in _ERROR_STATUS if isinstance(exc, kind)
+    )
+    if status >= 500:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    headers = None
+    if isinstance(exc, RetryableError) and exc.retry_after_ms is not None:
+        headers = {"Retry-After": str(math.ceil(exc.retry_after_ms / 1000))}
+    return _error_json(status, error_type, str(exc), headers=headers)
+
+
+async def _render_request_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    fields = [
+        FieldError(path=".".join(str(part) for part in error["loc"]), message=error["msg"])
+        for error in exc.errors()
+    ]
+    listed = "; ".join(f"{field.path}: {field.message}" for field in fields)
+    return _error_json(
+        422, "invalid_request", f"invalid request, fix these fields: {listed}", fields=fields
+    )
+
+
+async def _render_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    status = HTTPStatus(exc.status_code)
+    message = str(exc.detail)
+    # Starlette's own routing errors carry only the status phrase; say what to do.
+    if message == status.phrase and status in (HTTPStatus.NOT_FOUND, HTTPStatus.METHOD_NOT_ALLOWED):
+        message = (
+            f"{request.method} {request.url.path} is not a route of this API: "
+            "the routes are listed at /docs"
+        )
+    error_type = status.phrase.lower().replace(" ", "_").replace("-", "_")
+    return _error_json(exc.status_code, error_type, message, headers=exc.headers)
+
+
+async def _render_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error_json(500, "internal", "unexpected server error: the server log has the details")
+
+
+def _package_version() -> str:
+    try:
+        return version("pipeline")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,151 @@
+"""Run the Admin API: start the views it reads, serve it with uvicorn, stop the views.
+
+`serve` owns the process and stops on SIGINT/SIGTERM. `serve_async` runs inside a host
+asyncio program such as `pipeline dev`, which owns the signals and says when to stop
+through an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+
+from admin_api.app import create_app
+from pipeline.codec.records import WireCodec
+from pipeline.errors import PipelineError, ValidationError
+from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CATCH_UP_TIMEOUT_S = 30.0
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class AdminApiStartupError(PipelineError):
+    """The Admin API could not start serving, e.g. its port is taken."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Views:
+    state: SchedulerStateView
+    services: ServiceCatalogView
+
+    def stop(self) -> None:
+        self.state.stop()
+        self.services.stop()
+
+
+def serve(settings: Settings, *, catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S) -> None:
+    """Serve the Admin API until SIGINT or SIGTERM, then stop the views and return."""
+    asyncio.run(_serve_until_signalled(settings, catch_up_timeout_s))
+
+
+async def _serve_until_signalled(settings: Settings, catch_up_timeout_s: float) -> None:
+    # Our handlers rather than uvicorn's: uvicorn re-raises the signal after shutting
+    # down, which would end the process before the views are stopped.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await serve_async(settings, stop, catch_up_timeout_s=catch_up_timeout_s)
+    finally:
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+async def serve_async(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S,
+) -> None:
+    """Serve the Admin API until `stop` is set; the host program owns the signals."""
+    views = await asyncio.to_thread(_start_views, settings, catch_up_timeout_s)
+    try:
+        server = _EmbeddedServer(_uvicorn_config(_app(settings, views), settings))
+        watcher = asyncio.create_task(_exit_when_set(server, stop), name="admin-api-stop")
+        try:
+            # Awaited here, not in a task: uvicorn's SystemExit on a failed start must be
+            # caught in this coroutine, or it would stop the host's event loop.
+            await server.serve()
+        except SystemExit as exc:
+            raise _startup_failed(settings) from exc
+        except asyncio.CancelledError:
+            if server.started:
+                await server.shutdown()
+            raise
+        finally:
+            watcher.cancel()
+    finally:
+        await asyncio.to_thread(views.stop)
+
+
+async def _exit_when_set(server: uvicorn.Server, stop: asyncio.Event) -> None:
+    await stop.wait()
+    server.should_exit = True
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the host program."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _start_views(settings: Settings, catch_up_timeout_s: float) -> _Views:
+    bootstrap = settings.kafka_bootstrap_servers
+    if not bootstrap:
+        raise ValidationError(
+            "kafka_bootstrap_servers is empty: set KAFKA_BOOTSTRAP_SERVERS "
+            "(`pipeline kafka start` prints the address of the local broker)"
+        )
+    names, codec = settings.topic_names, WireCodec()
+    state = SchedulerStateView(bootstrap, names, codec)
+    services = ServiceCatalogView(bootstrap, names, codec)
+    state.start()
+    try:
+        services.start()
+    except BaseException:
+        state.stop()
+        raise
+    views = _Views(state, services)
+    deadline = time.monotonic() + catch_up_timeout_s
+    for view in (state, services):
+        # Serving a little stale beats not serving: the view keeps catching up.
+        if not view.wait_caught_up(max(0.0, deadline - time.monotonic())):
+            log.warning(
+                "view of %s is not caught up after %.0fs; serving what it has read so far",
+                view.topic,
+                catch_up_timeout_s,
+            )
+    return views
+
+
+def _app(settings: Settings, views: _Views) -> FastAPI:
+    return create_app(settings, invocations=views.state, services=views.services)
+
+
+def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=settings.admin_api_host, port=settings.admin_api_port, log_level="info"
+    )
+
+
+def _startup_failed(settings: Settings) -> AdminApiStartupError:
+    # uvicorn logs the cause (usually a taken port) and exits; keep the host alive.
+    return AdminApiStartupError(
+        f"the Admin API could not listen on {settings.admin_api_host}:{settings.admin_api_port}"
+        ": see the log above; free the port or set PIPELINE_ADMIN_API_PORT"
+    )

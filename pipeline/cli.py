@@ -1,0 +1,360 @@
+"""The `pipeline` console script: the one composition root of every process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import Any
+
+from pipeline.localkafka.cli import BOOTSTRAP_ENV, add_kafka_commands, default_data_dir
+from pipeline.settings import Settings
+
+log = logging.getLogger("pipeline")
+
+EXAMPLE_SERVICE = "pipeline.examples.greeter:service"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipeline", description="Durable, flow-controlled invocations on Apache Kafka."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_kafka_commands(commands)
+
+    topics = commands.add_parser("topics", help="the topic catalogue")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True)
+    topic_commands.add_parser(
+        "create", help="create missing topics; check existing ones"
+    ).set_defaults(func=_cmd_topics_create)
+    topic_commands.add_parser("list", help="print the catalogue").set_defaults(
+        func=_cmd_topics_list
+    )
+
+    def services_option(p: argparse.ArgumentParser, default: list[str] | None) -> None:
+        p.add_argument(
+            "--service",
+            action="append",
+            default=default,
+            metavar="MODULE:ATTR",
+            help=f"a Service object to run (repeatable; default {EXAMPLE_SERVICE})",
+        )
+
+    commands.add_parser("scheduler", help="run a scheduler process").set_defaults(
+        func=_cmd_scheduler
+    )
+    worker = commands.add_parser("worker", help="run a worker with the given services")
+    services_option(worker, None)
+    worker.set_defaults(func=_cmd_worker)
+    commands.add_parser("admin-api", help="run the Admin API").set_defaults(func=_cmd_admin_api)
+    run = commands.add_parser("run", help="scheduler + worker + Admin API in one process")
+    services_option(run, None)
+    run.set_defaults(func=_cmd_run)
+    dev = commands.add_parser(
+        "dev", help="local broker + topics + scheduler + worker + Admin API, in the foreground"
+    )
+    services_option(dev, None)
+    dev.set_defaults(func=_cmd_dev)
+
+    invoke = commands.add_parser("invoke", help="invoke a handler: Service/handler")
+    invoke.add_argument("target", help="Service/handler or Service/key/handler")
+    invoke.add_argument("--data", default="null", help="JSON input (default: null)")
+    invoke.add_argument("--wait", action="store_true", help="wait for and print the result")
+    invoke.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+    invoke.add_argument("--idempotency-key")
+    invoke.add_argument("--scope")
+    invoke.add_argument("--limit-key")
+    invoke.add_argument("--priority", type=int, default=5)
+    invoke.set_defaults(func=_cmd_invoke)
+
+    results = commands.add_parser("results", help="read the results topic")
+    result_commands = results.add_subparsers(dest="results_command", required=True)
+    tail = result_commands.add_parser("tail", help="print results as they arrive")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.set_defaults(func=_cmd_results_tail)
+    get = result_commands.add_parser("get", help="print the result of one invocation")
+    get.add_argument("invocation_id")
+    get.add_argument("--timeout", type=float, default=10.0)
+    get.set_defaults(func=_cmd_results_get)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from pipeline.errors import PipelineError
+
+    try:
+        code: int = args.func(args)
+    except PipelineError as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+# -- settings -------------------------------------------------------------------------
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; an empty bootstrap means the local dev broker."""
+    settings = Settings()
+    if settings.kafka_bootstrap_servers:
+        return settings
+    from pipeline.localkafka.broker import running_state
+
+    state = running_state(default_data_dir())
+    if state is None:
+        from pipeline.errors import ValidationError
+
+        raise ValidationError(
+            f"no Kafka to talk to: set {BOOTSTRAP_ENV}, or start the local broker with "
+            "`pipeline kafka start` (or use `pipeline dev`, which starts one)"
+        )
+    return settings.model_copy(update={"kafka_bootstrap_servers": state.bootstrap_servers})
+
+
+def load_services(specs: list[str] | None) -> list[Any]:
+    from pipeline.errors import ValidationError
+    from pipeline.sdk import Service
+
+    services: list[Any] = []
+    for spec in specs or [EXAMPLE_SERVICE]:
+        module_name, _, attr = spec.partition(":")
+        if not attr:
+            raise ValidationError(f"--service {spec!r}: write MODULE:ATTR, e.g. {EXAMPLE_SERVICE}")
+        try:
+            value = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValidationError(f"--service {spec!r} cannot be loaded: {exc}") from exc
+        if not isinstance(value, Service):
+            raise ValidationError(f"--service {spec!r} is a {type(value).__name__}, not a Service")
+        services.append(value)
+    return services
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def _cmd_topics_create(args: argparse.Namespace) -> int:
+    from topics.provision import provision
+
+    settings = load_settings()
+    created = provision(settings.kafka_bootstrap_servers, settings.catalogue)
+    for spec in settings.catalogue.specs():
+        print(f"{'created' if spec.name in created else 'exists '} {spec.name}")
+    return 0
+
+
+def _cmd_topics_list(args: argparse.Namespace) -> int:
+    for spec in Settings().catalogue.specs():
+        configs = ",".join(f"{k}={v}" for k, v in spec.configs.items())
+        print(f"{spec.name}\tpartitions={spec.partitions}\trf={spec.replication_factor}\t{configs}")
+    return 0
+
+
+def _cmd_scheduler(args: argparse.Namespace) -> int:
+    from pipeline.runtime.scheduler import SchedulerProcessor
+
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    SchedulerProcessor(load_settings()).run(stop)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    services = load_services(args.service)
+    asyncio.run(_run_processes(settings, services, scheduler=False, admin_api=False))
+    return 0
+
+
+def _cmd_admin_api(args: argparse.Namespace) -> int:
+    from admin_api.server import serve
+
+    serve(load_settings())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    asyncio.run(_run_processes(settings, load_services(args.service)))
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from topics.provision import provision
+
+    services = load_services(args.service)
+    settings = Settings()
+    with ExitStack() as stack:
+        if not settings.kafka_bootstrap_servers:
+            from pipeline.localkafka.broker import BrokerConfig, LocalBroker
+
+            broker = LocalBroker(BrokerConfig(data_dir=default_data_dir() / "dev"))
+            print("starting a local Kafka broker ...", flush=True)
+            bootstrap = broker.start()
+            stack.callback(broker.stop)
+            settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+        provision(settings.kafka_bootstrap_servers, settings.catalogue)
+        _print_banner(settings, services)
+        asyncio.run(_run_processes(settings, services))
+    return 0
+
+
+def _print_banner(settings: Settings, services: list[Any]) -> None:
+    base = f"http://{settings.admin_api_host}:{settings.admin_api_port}"
+    token = settings.admin_api_tokens[0].get_secret_value() if settings.admin_api_tokens else ""
+    handlers = [
+        f"{d.name}/{h.name}" for s in services for d in [s.definition()] for h in d.handlers
+    ]
+    print(
+        f"""
+pipeline is running.
+  Kafka:      {settings.kafka_bootstrap_servers}  (topics under prefix {settings.topic_prefix!r})
+  Admin API:  {base}  (docs: {base}/docs, token: {token})
+  Handlers:   {", ".join(handlers)}
+
+Invoke the example from another terminal:
+  {BOOTSTRAP_ENV}={settings.kafka_bootstrap_servers} .venv/bin/pipeline invoke Greeter/greet \\
+      --data '{{"name": "Ada"}}' --wait
+  curl -H 'Authorization: Bearer {token}' {base}/invocations/<id>
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+def _cmd_invoke(args: argparse.Namespace) -> int:
+    from pipeline.client import Client, InvocationFailed
+    from pipeline.errors import ValidationError
+
+    try:
+        payload = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f'--data is not valid JSON ({exc}): e.g. --data \'{{"name": "Ada"}}\''
+        ) from exc
+    options: dict[str, Any] = {
+        "idempotency_key": args.idempotency_key,
+        "scope": args.scope,
+        "limit_key": args.limit_key,
+        "priority": args.priority,
+    }
+    with Client(load_settings()) as client:
+        if not args.wait:
+            print(client.send(args.target, payload, **options))
+            return 0
+        request = client.request(args.target, payload, **options)
+        try:
+            output = client.call(
+                request.target, payload, timeout_s=args.timeout, invocation_id=request.id, **options
+            )
+        except InvocationFailed as exc:
+            print(_result_json(exc.result), file=sys.stderr)
+            return 1
+        print(json.dumps(output))
+    return 0
+
+
+def _cmd_results_tail(args: argparse.Namespace) -> int:
+    from pipeline.client import Client
+
+    with Client(load_settings()) as client:
+        for result in client.tail_results(from_beginning=args.from_beginning):
+            print(_result_json(result), flush=True)
+    return 0
+
+
+def _cmd_results_get(args: argparse.Namespace) -> int:
+    from pipeline.client import Client
+
+    with Client(load_settings()) as client:
+        print(_result_json(client.result(args.invocation_id, timeout_s=args.timeout)))
+    return 0
+
+
+def _result_json(result: Any) -> str:
+    output: Any = None
+    if result.output is not None:
+        try:
+            output = json.loads(result.output)
+        except ValueError:
+            output = result.output.hex()
+    failure = result.failure
+    return json.dumps(
+        {
+            "invocation_id": result.invocation_id,
+            "target": str(result.target),
+            "status": result.status.value,
+            "output": output,
+            "error": None
+            if failure is None
+            else {"type": failure.error_type, "message": failure.message},
+            "attempts": result.attempts,
+            "latency_ms": result.completed_at_ms - result.created_at_ms,
+        }
+    )
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+async def _run_processes(
+    settings: Settings, services: list[Any], *, scheduler: bool = True, admin_api: bool = True
+) -> None:
+    """Run the chosen processes until SIGINT/SIGTERM; stop them all if one fails."""
+    from pipeline.runtime.tracing import tracer_provider_from_settings
+    from pipeline.runtime.worker import Worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tracer_provider = tracer_provider_from_settings(settings)
+    tasks: list[asyncio.Task[None]] = []
+    scheduler_stop = threading.Event()
+    if scheduler:
+        from pipeline.runtime.scheduler import SchedulerProcessor
+
+        processor = SchedulerProcessor(settings)
+        tasks.append(asyncio.create_task(asyncio.to_thread(processor.run, scheduler_stop)))
+    if services:
+        worker = Worker(settings, services, tracer_provider=tracer_provider)
+        tasks.append(asyncio.create_task(worker.run(stop)))
+    if admin_api:
+        from admin_api.server import serve_async
+
+        tasks.append(asyncio.create_task(serve_async(settings, stop)))
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                log.error("a process failed; stopping", exc_info=task.exception())
+    finally:
+        stop.set()
+        scheduler_stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tracer_provider.shutdown()
+
+
+def _stop_on_signals(callback: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: callback())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

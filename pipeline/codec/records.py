@@ -1,0 +1,520 @@
+"""The one place where core types meet their Avro records.
+
+Each mapping is written out by hand, field by field: no reflection on the hot path, and
+a renamed field fails a round-trip test instead of silently dropping data. Decoding
+turns every failure (bad bytes, a value a dataclass rejects) into `DecodeError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Any, Generic, TypeVar, assert_never
+
+from pipeline.codec import json_ingress
+from pipeline.codec.avro import SchemaSet
+from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.model import (
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptFenced,
+    DispatchOrder,
+    EntryAppended,
+    EntryKind,
+    Failure,
+    HandlerDefinition,
+    Headers,
+    InvocationRequest,
+    InvocationResult,
+    JournalEntry,
+    JournalRecord,
+    OnExhausted,
+    QueueId,
+    QueueSnapshot,
+    ResultStatus,
+    RetryPolicy,
+    ServiceDefinition,
+    Target,
+)
+from pipeline.core.state import Invocation, VirtualQueue
+from pipeline.errors import DecodeError, ValidationError
+
+REQUEST = "pipeline.v1.InvocationRequest"
+JOURNAL = "pipeline.v1.JournalRecord"
+DISPATCH = "pipeline.v1.DispatchOrder"
+RESULT = "pipeline.v1.InvocationResult"
+QUEUE_SNAPSHOT = "pipeline.v1.QueueSnapshot"
+SERVICE = "pipeline.v1.ServiceDefinition"
+INVOCATION_STATE = "pipeline.v1.InvocationState"
+QUEUE_STATE = "pipeline.v1.VirtualQueueState"
+
+_ENTRY_APPENDED = "pipeline.v1.EntryAppended"
+_ATTEMPT_COMPLETED = "pipeline.v1.AttemptCompleted"
+_ATTEMPT_FAILED = "pipeline.v1.AttemptFailed"
+_ATTEMPT_FENCED = "pipeline.v1.AttemptFenced"
+
+CONTENT_TYPE = "content-type"
+
+Avro = dict[str, Any]
+_E = TypeVar("_E", bound=Enum)
+_T = TypeVar("_T")
+
+
+class _Symbols(Generic[_E]):
+    """Python enum values <-> Avro enum symbols, which cannot contain '-'."""
+
+    def __init__(self, avro_name: str, enum: type[_E]) -> None:
+        self.avro_name = avro_name
+        self.enum = enum
+        self.to_avro: dict[_E, str] = {m: str(m.value).replace("-", "_") for m in enum}
+        self.from_avro: dict[str, _E] = {s: m for m, s in self.to_avro.items()}
+
+
+_ENTRY_KIND = _Symbols("pipeline.v1.EntryKind", EntryKind)
+_RESULT_STATUS = _Symbols("pipeline.v1.ResultStatus", ResultStatus)
+_ON_EXHAUSTED = _Symbols("pipeline.v1.OnExhausted", OnExhausted)
+_STATUS = _Symbols("pipeline.v1.InvocationStatus", InvocationStatus)
+_ENUMS: tuple[_Symbols[Any], ...] = (_ENTRY_KIND, _RESULT_STATUS, _ON_EXHAUSTED, _STATUS)
+
+
+class WireCodec:
+    """Bytes on the topics <-> core types, for every record of the wire contract."""
+
+    def __init__(self, schemas: SchemaSet | None = None) -> None:
+        self.schemas = schemas if schemas is not None else SchemaSet()
+        _check_enums(self.schemas)
+        # Bound once: these run per record.
+        self._encode = self.schemas.encode
+        self._decode_avro = self.schemas.decode
+
+    def _decode(self, name: str, data: bytes, build: Callable[[Avro], _T]) -> _T:
+        record = self._decode_avro(name, data)
+        try:
+            return build(record)
+        except DecodeError:
+            raise
+        except (ValidationError, KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"{name}: record is not valid: {exc}") from exc
+
+    # invocations
+
+    def encode_request(self, request: InvocationRequest) -> bytes:
+        return self._encode(REQUEST, _request_to_avro(request))
+
+    def decode_request(
+        self,
+        value: bytes,
+        *,
+        headers: Sequence[tuple[str, bytes]],
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+    ) -> InvocationRequest:
+        """A request from a record of `invocations`: Avro, or JSON by its content-type.
+
+        The record's Kafka headers (but content-type) join the request's headers and
+        replace Avro headers of the same name. A request without id gets one derived
+        from its idempotency key, else from where the record sits in the topic.
+        """
+        record_headers: list[tuple[str, bytes]] = []
+        is_json = False
+        for key, header_value in headers:
+            # confluent-kafka gives None for a header without value: keep it as b"".
+            header_value = header_value or b""
+            if key.lower() == CONTENT_TYPE:
+                is_json = _is_json(header_value)
+            else:
+                record_headers.append((key, header_value))
+        if is_json:
+            return json_ingress.parse_request(
+                value,
+                headers=tuple(record_headers),
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                timestamp_ms=timestamp_ms,
+            )
+        record = self._decode_avro(REQUEST, value)
+        try:
+            target = _target_from_avro(record["target"])
+            request_id = record["id"] or json_ingress.derive_id(
+                target,
+                record["idempotency_key"],
+                topic=topic,
+                partition=partition,
+                offset=offset,
+            )
+            return _request_from_avro(
+                record, request_id, target, _merge_headers(record["headers"], record_headers)
+            )
+        except (ValidationError, KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"{REQUEST}: record is not valid: {exc}") from exc
+
+    # journal
+
+    def encode_journal(self, record: JournalRecord) -> bytes:
+        return self._encode(JOURNAL, _journal_to_avro(record))
+
+    def decode_journal(self, value: bytes) -> JournalRecord:
+        return self._decode(JOURNAL, value, _journal_from_avro)
+
+    # dispatch
+
+    def encode_dispatch(self, order: DispatchOrder) -> bytes:
+        return self._encode(
+            DISPATCH,
+            {
+                "request": _request_to_avro(order.request),
+                "attempt": order.attempt,
+                "journal": [_entry_to_avro(e) for e in order.journal],
+            },
+        )
+
+    def decode_dispatch(self, value: bytes) -> DispatchOrder:
+        return self._decode(DISPATCH, value, _dispatch_from_avro)
+
+    # results
+
+    def encode_result(self, result: InvocationResult) -> bytes:
+        return self._encode(
+            RESULT,
+            {
+                "invocation_id": result.invocation_id,
+                "target": _target_to_avro(result.target),
+                "status": _RESULT_STATUS.to_avro[result.status],
+                "output": result.output,
+                "failure": _failure_to_avro(result.failure),
+                "attempts": result.attempts,
+                "created_at_ms": result.created_at_ms,
+                "completed_at_ms": result.completed_at_ms,
+                "first_started_at_ms": result.first_started_at_ms,
+                "idempotency_key": result.idempotency_key,
+            },
+        )
+
+    def decode_result(self, value: bytes) -> InvocationResult:
+        return self._decode(RESULT, value, _result_from_avro)
+
+    # queue-state
+
+    def encode_queue_snapshot(self, snapshot: QueueSnapshot) -> bytes:
+        return self._encode(
+            QUEUE_SNAPSHOT,
+            {
+                "queue_id": _queue_id_to_avro(snapshot.queue_id),
+                "queued": snapshot.queued,
+                "running": snapshot.running,
+                "updated_at_ms": snapshot.updated_at_ms,
+            },
+        )
+
+    def decode_queue_snapshot(self, value: bytes) -> QueueSnapshot:
+        return self._decode(QUEUE_SNAPSHOT, value, _snapshot_from_avro)
+
+    # services control topic
+
+    def encode_service(self, service: ServiceDefinition) -> bytes:
+        return self._encode(
+            SERVICE,
+            {
+                "name": service.name,
+                "handlers": [
+                    {"name": h.name, "retry": _retry_to_avro(h.retry)} for h in service.handlers
+                ],
+                "keyed": service.keyed,
+            },
+        )
+
+    def decode_service(self, value: bytes) -> ServiceDefinition:
+        return self._decode(SERVICE, value, _service_from_avro)
+
+    # scheduler changelogs
+
+    def encode_invocation_state(self, invocation: Invocation) -> bytes:
+        return self._encode(
+            INVOCATION_STATE,
+            {
+                "request": _request_to_avro(invocation.request),
+                "status": _STATUS.to_avro[invocation.status],
+                "attempt": invocation.attempt,
+                "journal": [_entry_to_avro(e) for e in invocation.journal],
+                "wake_at_ms": invocation.wake_at_ms,
+                "fence_requested": invocation.fence_requested,
+                "queue_seq": invocation.queue_seq,
+                "first_started_at_ms": invocation.first_started_at_ms,
+                "finished_at_ms": invocation.finished_at_ms,
+                "last_failure": _failure_to_avro(invocation.last_failure),
+                "output": invocation.output,
+            },
+        )
+
+    def decode_invocation_state(self, value: bytes) -> Invocation:
+        return self._decode(INVOCATION_STATE, value, _invocation_from_avro)
+
+    def encode_queue_state(self, queue: VirtualQueue) -> bytes:
+        return self._encode(
+            QUEUE_STATE,
+            {
+                "id": _queue_id_to_avro(queue.id),
+                "queued": queue.queued,
+                "running": queue.running,
+                "next_seq": queue.next_seq,
+            },
+        )
+
+    def decode_queue_state(self, value: bytes) -> VirtualQueue:
+        return self._decode(QUEUE_STATE, value, _queue_state_from_avro)
+
+
+def _check_enums(schemas: SchemaSet) -> None:
+    """Fail at start-up, not on the first record, when schemas and enums drift apart."""
+    for symbols in _ENUMS:
+        in_schema = schemas.named_type(symbols.avro_name).get("symbols", [])
+        if set(in_schema) != set(symbols.from_avro):
+            raise ValidationError(
+                f"Avro enum {symbols.avro_name} has symbols {sorted(in_schema)} but "
+                f"{symbols.enum.__name__} maps to {sorted(symbols.from_avro)}"
+            )
+
+
+def _is_json(content_type: bytes) -> bool:
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    return media_type == b"application/json"
+
+
+def _merge_headers(avro_headers: list[Avro], record_headers: list[tuple[str, bytes]]) -> Headers:
+    if not record_headers:
+        return tuple((h["key"], h["value"]) for h in avro_headers)
+    replaced = {key for key, _ in record_headers}
+    kept = tuple((h["key"], h["value"]) for h in avro_headers if h["key"] not in replaced)
+    return kept + tuple(record_headers)
+
+
+# core -> Avro
+
+
+def _target_to_avro(target: Target) -> Avro:
+    return {"service": target.service, "handler": target.handler, "key": target.key}
+
+
+def _failure_to_avro(failure: Failure | None) -> Avro | None:
+    if failure is None:
+        return None
+    return {
+        "message": failure.message,
+        "error_type": failure.error_type,
+        "terminal": failure.terminal,
+    }
+
+
+def _queue_id_to_avro(queue_id: QueueId) -> Avro:
+    return {"scope": queue_id.scope, "limit_key": queue_id.limit_key}
+
+
+def _request_to_avro(request: InvocationRequest) -> Avro:
+    return {
+        "id": request.id,
+        "target": _target_to_avro(request.target),
+        "input": request.input,
+        "created_at_ms": request.created_at_ms,
+        "headers": [{"key": key, "value": value} for key, value in request.headers],
+        "idempotency_key": request.idempotency_key,
+        "scope": request.scope,
+        "limit_key": request.limit_key,
+        "priority": request.priority,
+    }
+
+
+def _entry_to_avro(entry: JournalEntry) -> Avro:
+    return {
+        "index": entry.index,
+        "kind": _ENTRY_KIND.to_avro[entry.kind],
+        "name": entry.name,
+        "value": entry.value,
+        "failure": _failure_to_avro(entry.failure),
+    }
+
+
+def _journal_to_avro(record: JournalRecord) -> Avro:
+    body: tuple[str, Avro]
+    # Tuple notation names the union branch, so fastavro need not try each record.
+    match record:
+        case EntryAppended():
+            body = (_ENTRY_APPENDED, {"entry": _entry_to_avro(record.entry)})
+        case AttemptCompleted():
+            body = (_ATTEMPT_COMPLETED, {"output": record.output})
+        case AttemptFailed():
+            body = (
+                _ATTEMPT_FAILED,
+                {
+                    "failure": _failure_to_avro(record.failure),
+                    "retry_after_ms": record.retry_after_ms,
+                },
+            )
+        case AttemptFenced():
+            body = (_ATTEMPT_FENCED, {"reason": record.reason})
+        case _:
+            assert_never(record)
+    return {"invocation_id": record.invocation_id, "attempt": record.attempt, "body": body}
+
+
+def _retry_to_avro(retry: RetryPolicy) -> Avro:
+    return {
+        "max_attempts": retry.max_attempts,
+        "initial_interval_ms": retry.initial_interval_ms,
+        "max_interval_ms": retry.max_interval_ms,
+        "multiplier": retry.multiplier,
+        "on_exhausted": _ON_EXHAUSTED.to_avro[retry.on_exhausted],
+    }
+
+
+# Avro -> core
+
+
+def _target_from_avro(record: Avro) -> Target:
+    return Target(service=record["service"], handler=record["handler"], key=record["key"])
+
+
+def _failure_from_avro(record: Avro) -> Failure:
+    return Failure(
+        message=record["message"], error_type=record["error_type"], terminal=record["terminal"]
+    )
+
+
+def _optional_failure(record: Avro | None) -> Failure | None:
+    return None if record is None else _failure_from_avro(record)
+
+
+def _queue_id_from_avro(record: Avro) -> QueueId:
+    return QueueId(scope=record["scope"], limit_key=record["limit_key"])
+
+
+def _request_from_avro(
+    record: Avro, request_id: str, target: Target, headers: Headers
+) -> InvocationRequest:
+    return InvocationRequest(
+        id=request_id,
+        target=target,
+        input=record["input"],
+        created_at_ms=record["created_at_ms"],
+        headers=headers,
+        idempotency_key=record["idempotency_key"],
+        scope=record["scope"],
+        limit_key=record["limit_key"],
+        priority=record["priority"],
+    )
+
+
+def _embedded_request(record: Avro) -> InvocationRequest:
+    """A request inside another record: it was accepted already, so it has its id."""
+    return _request_from_avro(
+        record,
+        record["id"],
+        _target_from_avro(record["target"]),
+        tuple((h["key"], h["value"]) for h in record["headers"]),
+    )
+
+
+def _entry_from_avro(record: Avro) -> JournalEntry:
+    return JournalEntry(
+        index=record["index"],
+        kind=_ENTRY_KIND.from_avro[record["kind"]],
+        name=record["name"],
+        value=record["value"],
+        failure=_optional_failure(record["failure"]),
+    )
+
+
+def _journal_from_avro(record: Avro) -> JournalRecord:
+    invocation_id: str = record["invocation_id"]
+    attempt: int = record["attempt"]
+    branch, body = record["body"]
+    if branch == _ENTRY_APPENDED:
+        return EntryAppended(invocation_id, attempt, _entry_from_avro(body["entry"]))
+    if branch == _ATTEMPT_COMPLETED:
+        return AttemptCompleted(invocation_id, attempt, body["output"])
+    if branch == _ATTEMPT_FAILED:
+        failure = _failure_from_avro(body["failure"])
+        return AttemptFailed(invocation_id, attempt, failure, body["retry_after_ms"])
+    if branch == _ATTEMPT_FENCED:
+        return AttemptFenced(invocation_id, attempt, body["reason"])
+    raise DecodeError(f"{JOURNAL}: unknown body {branch!r}")
+
+
+def _dispatch_from_avro(record: Avro) -> DispatchOrder:
+    return DispatchOrder(
+        request=_embedded_request(record["request"]),
+        attempt=record["attempt"],
+        journal=tuple(_entry_from_avro(e) for e in record["journal"]),
+    )
+
+
+def _result_from_avro(record: Avro) -> InvocationResult:
+    return InvocationResult(
+        invocation_id=record["invocation_id"],
+        target=_target_from_avro(record["target"]),
+        status=_RESULT_STATUS.from_avro[record["status"]],
+        output=record["output"],
+        failure=_optional_failure(record["failure"]),
+        attempts=record["attempts"],
+        created_at_ms=record["created_at_ms"],
+        completed_at_ms=record["completed_at_ms"],
+        first_started_at_ms=record["first_started_at_ms"],
+        idempotency_key=record["idempotency_key"],
+    )
+
+
+def _snapshot_from_avro(record: Avro) -> QueueSnapshot:
+    return QueueSnapshot(
+        queue_id=_queue_id_from_avro(record["queue_id"]),
+        queued=record["queued"],
+        running=record["running"],
+        updated_at_ms=record["updated_at_ms"],
+    )
+
+
+def _retry_from_avro(record: Avro) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=record["max_attempts"],
+        initial_interval_ms=record["initial_interval_ms"],
+        max_interval_ms=record["max_interval_ms"],
+        multiplier=record["multiplier"],
+        on_exhausted=_ON_EXHAUSTED.from_avro[record["on_exhausted"]],
+    )
+
+
+def _service_from_avro(record: Avro) -> ServiceDefinition:
+    return ServiceDefinition(
+        name=record["name"],
+        handlers=tuple(
+            HandlerDefinition(name=h["name"], retry=_retry_from_avro(h["retry"]))
+            for h in record["handlers"]
+        ),
+        keyed=record["keyed"],
+    )
+
+
+def _invocation_from_avro(record: Avro) -> Invocation:
+    return Invocation(
+        request=_embedded_request(record["request"]),
+        status=_STATUS.from_avro[record["status"]],
+        attempt=record["attempt"],
+        journal=tuple(_entry_from_avro(e) for e in record["journal"]),
+        wake_at_ms=record["wake_at_ms"],
+        fence_requested=record["fence_requested"],
+        queue_seq=record["queue_seq"],
+        first_started_at_ms=record["first_started_at_ms"],
+        finished_at_ms=record["finished_at_ms"],
+        last_failure=_optional_failure(record["last_failure"]),
+        output=record["output"],
+    )
+
+
+def _queue_state_from_avro(record: Avro) -> VirtualQueue:
+    return VirtualQueue(
+        id=_queue_id_from_avro(record["id"]),
+        queued=record["queued"],
+        running=record["running"],
+        next_seq=record["next_seq"],
+    )

@@ -1,0 +1,295 @@
+"""The scheduler's decisions: `decide(invocation, queue, event, context) -> Decision`.
+
+Pure: state, event and clock reading go in; the new state and the effects come out as
+frozen data, which the shell writes to Kafka in one transaction with the consumed
+offsets. Nothing here knows about partitions, topics or transactions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.core.lifecycle import InvocationStatus, Transition, transition
+from pipeline.core.model import (
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptFenced,
+    DispatchOrder,
+    EntryAppended,
+    Failure,
+    HandlerDefinition,
+    InvocationRequest,
+    InvocationResult,
+    JournalRecord,
+    OnExhausted,
+    ResultStatus,
+    RetryPolicy,
+)
+from pipeline.core.retry import Exhausted, RetryAfter, after_failure
+from pipeline.core.state import Invocation, VirtualQueue
+
+# Events
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationArrived:
+    request: InvocationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class JournalArrived:
+    record: JournalRecord
+
+
+@dataclass(frozen=True, slots=True)
+class TimerDue:
+    invocation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRequested:
+    invocation_id: str
+
+
+Event = InvocationArrived | JournalArrived | TimerDue | ResumeRequested
+
+# Effects
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    order: DispatchOrder
+
+
+@dataclass(frozen=True, slots=True)
+class EmitResult:
+    result: InvocationResult
+
+
+@dataclass(frozen=True, slots=True)
+class AppendFence:
+    """Write the fence to the journal; the attempt ends when it is read back."""
+
+    fence: AttemptFenced
+    partition_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """The input record cannot be run; keep it, with the reason, on the dead-letter topic."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """Nothing changes; said so that logs and metrics can show why (e.g. a stale attempt)."""
+
+    reason: str
+
+
+Effect = Dispatch | EmitResult | AppendFence | DeadLetter | Ignored
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionContext:
+    now_ms: int
+    handler: HandlerDefinition | None
+    lease_timeout_ms: int
+    jitter: float  # drawn by the shell in [0, 1), for retry backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """`invocation`/`queue` are the new states, or None where nothing changed."""
+
+    invocation: Invocation | None = None
+    queue: VirtualQueue | None = None
+    effects: tuple[Effect, ...] = ()
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def decide(
+    invocation: Invocation | None, queue: VirtualQueue, event: Event, ctx: DecisionContext
+) -> Decision:
+    match event:
+        case InvocationArrived(request):
+            return _arrived(invocation, queue, request, ctx)
+        case JournalArrived(record):
+            return _journal(invocation, queue, record, ctx)
+        case TimerDue():
+            return _timer(invocation, queue, ctx)
+        case ResumeRequested():
+            if invocation is None or invocation.status is not InvocationStatus.PAUSED:
+                return Decision(effects=(Ignored("only a paused invocation can be resumed"),))
+            pending = invocation.evolve(
+                status=transition(invocation.status, Transition.RESUME), wake_at_ms=None
+            )
+            return _enqueue_and_start(pending, queue, ctx)
+
+
+def _arrived(
+    existing: Invocation | None,
+    queue: VirtualQueue,
+    request: InvocationRequest,
+    ctx: DecisionContext,
+) -> Decision:
+    if existing is not None:
+        return Decision(effects=(Ignored(f"invocation {request.id!r} exists already"),))
+    if ctx.handler is None:
+        reason = f"no handler {request.target} is registered"
+        failure = Failure(reason, "HandlerNotFound", terminal=True)
+        failed = Invocation(
+            request, InvocationStatus.FAILED, finished_at_ms=ctx.now_ms, last_failure=failure
+        )
+        return Decision(
+            invocation=failed,
+            effects=(DeadLetter(reason), EmitResult(_result(failed))),
+        )
+    pending = Invocation(request, InvocationStatus.PENDING)
+    return _enqueue_and_start(pending, queue, ctx)
+
+
+def _enqueue_and_start(pending: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> Decision:
+    queued = VirtualQueue(queue.id, queue.queued + 1, queue.running, queue.next_seq + 1)
+    pending = pending.evolve(queue_seq=queue.next_seq)
+    # Flow-control rules (next issue) decide here whether the head may start; with no
+    # rule in force every queued invocation is admitted at once.
+    return _start(pending, queued, ctx)
+
+
+def _start(pending: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> Decision:
+    attempt = pending.attempt + 1
+    running = pending.evolve(
+        status=transition(pending.status, Transition.ADMIT),
+        attempt=attempt,
+        wake_at_ms=ctx.now_ms + ctx.lease_timeout_ms,
+        fence_requested=False,
+        first_started_at_ms=pending.first_started_at_ms or ctx.now_ms,
+    )
+    order = DispatchOrder(pending.request, attempt, pending.journal)
+    admitted = VirtualQueue(queue.id, queue.queued - 1, queue.running + 1, queue.next_seq)
+    return Decision(running, admitted, (Dispatch(order),))
+
+
+def _journal(
+    invocation: Invocation | None,
+    queue: VirtualQueue,
+    record: JournalRecord,
+    ctx: DecisionContext,
+) -> Decision:
+    if invocation is None:
+        return Decision(effects=(Ignored(f"unknown invocation {record.invocation_id!r}"),))
+    if invocation.status is not InvocationStatus.RUNNING or record.attempt != invocation.attempt:
+        return Decision(
+            effects=(
+                Ignored(
+                    f"attempt {record.attempt} of {invocation.id!r} is not current "
+                    f"(status {invocation.status.value}, attempt {invocation.attempt})"
+                ),
+            )
+        )
+    match record:
+        case EntryAppended(entry=entry):
+            expected = len(invocation.journal)
+            if entry.index != expected:
+                return Decision(
+                    effects=(Ignored(f"entry {entry.index} arrived, expected {expected}"),)
+                )
+            # Any progress report renews the lease, unless a fence is already on its way.
+            wake = None if invocation.fence_requested else ctx.now_ms + ctx.lease_timeout_ms
+            return Decision(
+                invocation.evolve(journal=(*invocation.journal, entry), wake_at_ms=wake)
+            )
+        case AttemptCompleted(output=output):
+            done = invocation.evolve(
+                status=transition(invocation.status, Transition.COMPLETE),
+                output=output,
+                wake_at_ms=None,
+                fence_requested=False,
+                finished_at_ms=ctx.now_ms,
+            )
+            return Decision(done, _release(queue), (EmitResult(_result(done)),))
+        case AttemptFailed(failure=failure, retry_after_ms=retry_after_ms):
+            return _failed(invocation, queue, failure, retry_after_ms, ctx)
+        case AttemptFenced(reason=reason):
+            failure = Failure(f"attempt {invocation.attempt} fenced: {reason}", "AttemptFenced")
+            return _failed(invocation, queue, failure, None, ctx)
+
+
+def _failed(
+    invocation: Invocation,
+    queue: VirtualQueue,
+    failure: Failure,
+    retry_after_ms: int | None,
+    ctx: DecisionContext,
+) -> Decision:
+    released = _release(queue)
+    policy = ctx.handler.retry if ctx.handler is not None else DEFAULT_RETRY
+    decision = (
+        Exhausted(policy.on_exhausted)
+        if failure.terminal
+        else after_failure(policy, invocation.attempt, ctx.jitter, retry_after_ms)
+    )
+    base = invocation.evolve(last_failure=failure, fence_requested=False)
+    match decision:
+        case RetryAfter(delay_ms=delay):
+            backing_off = base.evolve(
+                status=transition(invocation.status, Transition.BACK_OFF),
+                wake_at_ms=ctx.now_ms + delay,
+            )
+            return Decision(backing_off, released)
+        case Exhausted(then=OnExhausted.PAUSE) if not failure.terminal:
+            paused = base.evolve(
+                status=transition(invocation.status, Transition.EXHAUST), wake_at_ms=None
+            )
+            return Decision(paused, released)
+        case _:
+            failed = base.evolve(
+                status=transition(invocation.status, Transition.FAIL),
+                wake_at_ms=None,
+                finished_at_ms=ctx.now_ms,
+            )
+            return Decision(failed, released, (EmitResult(_result(failed)),))
+
+
+def _timer(invocation: Invocation | None, queue: VirtualQueue, ctx: DecisionContext) -> Decision:
+    if invocation is None or invocation.wake_at_ms is None or invocation.wake_at_ms > ctx.now_ms:
+        return Decision(effects=(Ignored("timer no longer due"),))
+    if invocation.status is InvocationStatus.RUNNING:
+        fence = AttemptFenced(
+            invocation.id,
+            invocation.attempt,
+            f"lease of {ctx.lease_timeout_ms} ms expired without progress",
+        )
+        fenced = invocation.evolve(wake_at_ms=None, fence_requested=True)
+        return Decision(fenced, effects=(AppendFence(fence, invocation.request.partition_key),))
+    if invocation.status is InvocationStatus.BACKING_OFF:
+        pending = invocation.evolve(
+            status=transition(invocation.status, Transition.RETRY_DUE), wake_at_ms=None
+        )
+        return _enqueue_and_start(pending, queue, ctx)
+    return Decision(effects=(Ignored(f"no timer action in status {invocation.status.value}"),))
+
+
+def _release(queue: VirtualQueue) -> VirtualQueue:
+    return VirtualQueue(queue.id, queue.queued, queue.running - 1, queue.next_seq)
+
+
+def _result(invocation: Invocation) -> InvocationResult:
+    request = invocation.request
+    completed = invocation.status is InvocationStatus.COMPLETED
+    return InvocationResult(
+        invocation_id=request.id,
+        target=request.target,
+        status=ResultStatus.COMPLETED if completed else ResultStatus.FAILED,
+        output=invocation.output if completed else None,
+        failure=None if completed else invocation.last_failure,
+        attempts=invocation.attempt,
+        created_at_ms=request.created_at_ms,
+        completed_at_ms=invocation.finished_at_ms or 0,
+        first_started_at_ms=invocation.first_started_at_ms,
+        idempotency_key=request.idempotency_key,
+    )

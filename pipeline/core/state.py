@@ -1,0 +1,60 @@
+"""What the scheduler keeps per invocation and per virtual queue, in its changelog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.model import Failure, InvocationRequest, JournalEntry, QueueId
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """The scheduler's view of one invocation.
+
+    `attempt` is the number of the current (or last) attempt, 0 before the first
+    dispatch. `wake_at_ms` is the single timer an invocation can have: the lease of the
+    running attempt, or the end of a backoff. `fence_requested` marks a lease fence that
+    was written to the journal and is not read back yet.
+    """
+
+    request: InvocationRequest
+    status: InvocationStatus
+    attempt: int = 0
+    journal: tuple[JournalEntry, ...] = ()
+    wake_at_ms: int | None = None
+    fence_requested: bool = False
+    queue_seq: int = 0
+    first_started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    last_failure: Failure | None = None
+    output: bytes | None = None
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @property
+    def queue_id(self) -> QueueId:
+        return self.request.queue_id
+
+    def evolve(self, **changes: object) -> Invocation:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualQueue:
+    """Counts of one virtual queue; `next_seq` orders entries FIFO within a priority.
+
+    A queue with nothing queued or running is dropped from state, so idle queues cost
+    nothing.
+    """
+
+    id: QueueId
+    queued: int = 0
+    running: int = 0
+    next_seq: int = 0
+
+    @property
+    def is_idle(self) -> bool:
+        return self.queued == 0 and self.running == 0

@@ -1,0 +1,56 @@
+"""The one error root of `pipeline`, split by what a retry would do.
+
+`TerminalError` and `ValidationError` will fail the same way again; `RetryableError`
+may succeed later. Suspension and other control flow are `BaseException`s elsewhere so
+that a handler's `except Exception` cannot swallow them.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error raised by pipeline."""
+
+
+class TerminalError(PipelineError):
+    """Fails the invocation at once: retrying cannot help.
+
+    Raised by handlers for business failures; the message reaches the result.
+    """
+
+    def __init__(self, message: str, *, code: int = 500) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class RetryableError(PipelineError):
+    """The operation may succeed if tried again later."""
+
+    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+
+class NonDeterminismError(RetryableError):
+    """Replay found a journal entry that the handler code no longer produces.
+
+    Retryable: deploying the handler code that wrote the journal resumes the invocation.
+    """
+
+
+class ValidationError(PipelineError):
+    """Input that will never be accepted as it is; the message names the bad value."""
+
+
+class NotFoundError(ValidationError):
+    """A named thing (invocation, service, handler) does not exist."""
+
+
+class DecodeError(ValidationError):
+    """A record's bytes are not a valid record of the topic's contract."""
+
+
+class ConflictError(ValidationError):
+    """The request disagrees with what already exists (e.g. a topic's partition count)."""

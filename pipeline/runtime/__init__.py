@@ -1,0 +1,1 @@
+"""The imperative shell: processes that pump Kafka records through the pure core."""

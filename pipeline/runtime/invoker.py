@@ -1,0 +1,202 @@
+"""Runs one dispatched attempt and reports how it ended to the journal.
+
+Every record of an attempt goes to the journal partition with the dispatch record's
+partition number: the runtime topics are co-partitioned, so that is the partition whose
+scheduler dispatched the attempt and owns the invocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Message
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from pipeline.codec.records import WireCodec
+from pipeline.core.model import (
+    AttemptCompleted,
+    AttemptFailed,
+    DispatchOrder,
+    EntryAppended,
+    Failure,
+    JournalRecord,
+)
+from pipeline.errors import RetryableError, TerminalError
+from pipeline.runtime.kafka_clients import AsyncProducer
+from pipeline.runtime.tracing import extract_context, inject_headers
+from pipeline.sdk.context import Context
+from pipeline.sdk.service import Handler, Service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalPartition:
+    """Where the records of one attempt go: a topic partition, keyed like the dispatch."""
+
+    topic: str
+    partition: int
+    key: bytes
+
+
+class KafkaJournalWriter:
+    """`JournalWriter` of the SDK, backed by the worker's idempotent producer."""
+
+    def __init__(
+        self, producer: AsyncProducer, codec: WireCodec, destination: JournalPartition
+    ) -> None:
+        self._producer = producer
+        self._codec = codec
+        self._destination = destination
+
+    def append(self, record: EntryAppended) -> Awaitable[None]:
+        return _acknowledged(self.send(record))
+
+    def send(self, record: JournalRecord) -> asyncio.Future[Message]:
+        # Sent here, synchronously, so that records leave in the order they were
+        # appended; only the wait for the ack is deferred.
+        return self._producer.send(
+            self._destination.topic,
+            self._codec.encode_journal(record),
+            key=self._destination.key,
+            partition=self._destination.partition,
+            headers=inject_headers(),  # the current span: the attempt, or its `run` step
+        )
+
+
+async def _acknowledged(acked: asyncio.Future[Message]) -> None:
+    await acked
+
+
+def _log_if_lost(acked: asyncio.Future[Message]) -> None:
+    if not acked.cancelled() and acked.exception() is not None:
+        log.error(
+            "journal record lost; the lease will recover the attempt",
+            extra={"error": acked.exception()},
+        )
+
+
+def attempt_failed(order: DispatchOrder, error: Exception) -> AttemptFailed:
+    """The journal record of an attempt that ended with `error`."""
+    error_type = type(error).__name__
+    if isinstance(error, TerminalError):
+        failure = Failure(error.message, error_type, terminal=True)
+        return AttemptFailed(order.request.id, order.attempt, failure)
+    if isinstance(error, RetryableError):  # NonDeterminismError included
+        failure = Failure(error.message, error_type, terminal=False)
+        return AttemptFailed(
+            order.request.id, order.attempt, failure, retry_after_ms=error.retry_after_ms
+        )
+    failure = Failure(f"{error_type}: {error}", error_type, terminal=False)
+    return AttemptFailed(order.request.id, order.attempt, failure)
+
+
+class Invoker:
+    """Looks up the handler of a dispatch order, runs it, and journals the outcome."""
+
+    def __init__(
+        self,
+        services: Sequence[Service],
+        *,
+        producer: AsyncProducer,
+        codec: WireCodec,
+        journal_topic: str,
+        tracer: trace.Tracer,
+    ) -> None:
+        self._services: Mapping[str, Service] = {s.name: s for s in services}
+        self._producer = producer
+        self._codec = codec
+        self._journal_topic = journal_topic
+        self._tracer = tracer
+
+    def find(self, order: DispatchOrder) -> Handler | None:
+        service = self._services.get(order.request.target.service)
+        return service.find(order.request.target.handler) if service is not None else None
+
+    async def invoke(self, order: DispatchOrder, partition: int) -> None:
+        """Run attempt `order.attempt` and append its outcome to journal `partition`.
+
+        Exceptions of the handler become the outcome; only `BaseException`s that are not
+        `Exception`s escape. A cancelled attempt (worker shutdown) is reported as failed
+        so that the scheduler retries it at once instead of waiting out its lease.
+        """
+        request = order.request
+        destination = JournalPartition(
+            self._journal_topic, partition, request.partition_key.encode()
+        )
+        writer = KafkaJournalWriter(self._producer, self._codec, destination)
+        with self._tracer.start_as_current_span(
+            f"attempt {request.target}",
+            context=extract_context(request.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "pipeline.invocation_id": request.id,
+                "pipeline.attempt": order.attempt,
+                "pipeline.target": str(request.target),
+                "pipeline.replay_entries": len(order.journal),
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                record = await self._attempt(order, writer, span)
+            except asyncio.CancelledError:
+                stopped = Failure("the worker stopped before the attempt finished", "Cancelled")
+                # Not awaited: the worker flushes the producer on its way out.
+                writer.send(AttemptFailed(request.id, order.attempt, stopped)).add_done_callback(
+                    _log_if_lost
+                )
+                span.set_status(Status(StatusCode.ERROR, stopped.message))
+                raise
+            if isinstance(record, AttemptFailed):
+                span.set_status(Status(StatusCode.ERROR, record.failure.message))
+                span.set_attribute("pipeline.failure.terminal", record.failure.terminal)
+            try:
+                await writer.send(record)
+            except RetryableError as exc:
+                # The scheduler's lease expires and fences this attempt; nothing to undo.
+                log.error(
+                    "attempt outcome not journaled; its lease will expire",
+                    extra={"invocation_id": request.id, "attempt": order.attempt, "error": exc},
+                )
+                return
+            log.debug(
+                "attempt finished",
+                extra={
+                    "invocation_id": request.id,
+                    "attempt": order.attempt,
+                    "target": str(request.target),
+                    "outcome": type(record).__name__,
+                },
+            )
+
+    async def _attempt(
+        self, order: DispatchOrder, writer: KafkaJournalWriter, span: trace.Span
+    ) -> AttemptCompleted | AttemptFailed:
+        handler = self.find(order)
+        if handler is None:
+            known = ", ".join(sorted(self._services)) or "none"
+            # Retryable: a deployment that has the handler may be rolling out.
+            return AttemptFailed(
+                order.request.id,
+                order.attempt,
+                Failure(
+                    f"no handler {order.request.target} on this worker; it has services: {known}",
+                    "HandlerNotFound",
+                ),
+            )
+        ctx = Context(order, writer, tracer=self._tracer)
+        try:
+            output = await handler.invoke(ctx, order.request.input)
+        except Exception as exc:
+            span.record_exception(exc)
+            return attempt_failed(order, exc)
+        if ctx.nondeterminism is not None:
+            # The handler caught the mismatch; its result rests on a journal it does not
+            # match, so it must not become the invocation's result.
+            return attempt_failed(order, ctx.nondeterminism)
+        return AttemptCompleted(order.request.id, order.attempt, output)

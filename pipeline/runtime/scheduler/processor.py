@@ -1,0 +1,417 @@
+"""The scheduler process: consume, decide, write, commit — one Kafka transaction a batch.
+
+Commit protocol, per batch:
+
+1. Take a batch of `invocations` and `journal` records (read_committed).
+2. Decode each; an undecodable record goes to `dead-letter` with the reason; a record
+   on the wrong partition for its key is forwarded to the right one.
+3. Feed each event, then each due timer, to `pipeline.core.scheduler.decide`, store the
+   new state and produce the effects (dispatch, results, fences).
+4. Produce every key changed in this batch to the changelog, and a snapshot of each
+   touched queue to `queue-state`.
+5. Add the consumed offsets to the transaction and commit it.
+
+A crash anywhere before step 5 aborts the whole batch: its outputs vanish for
+read_committed readers and the batch is consumed again from the committed offsets
+against the state restored from the committed changelog. That is what makes "exactly
+one result per invocation" hold under kill -9.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from pipeline.codec.records import WireCodec
+from pipeline.core.model import HandlerDefinition, QueueSnapshot, Target
+from pipeline.core.partitioning import partition_for
+from pipeline.core.scheduler import (
+    AppendFence,
+    DeadLetter,
+    Decision,
+    DecisionContext,
+    Dispatch,
+    EmitResult,
+    Event,
+    Ignored,
+    InvocationArrived,
+    JournalArrived,
+    TimerDue,
+    decide,
+)
+from pipeline.errors import DecodeError
+from pipeline.runtime.scheduler.partition_state import (
+    INVOCATION_PREFIX,
+    QUEUE_PREFIX,
+    PartitionState,
+    restore,
+)
+from pipeline.runtime.scheduler.service_registry import ServiceRegistry
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SchedulerProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        codec: WireCodec | None = None,
+        clock: Clock = wall_clock_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._names = settings.topic_names
+        self._codec = codec or WireCodec()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._states: dict[int, PartitionState] = {}
+        self._producer: Producer | None = None
+        self._registry: ServiceRegistry | None = None
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    # -- configuration ---------------------------------------------------------------
+
+    def _base_config(self) -> dict[str, object]:
+        return {"bootstrap.servers": self._settings.kafka_bootstrap_servers}
+
+    def _consumer_config(self) -> dict[str, object]:
+        return {
+            **self._base_config(),
+            "group.id": self._names.group("scheduler"),
+            # Static membership: a restarted scheduler takes its partitions back at once
+            # instead of waiting for its dead predecessor's session to time out.
+            "group.instance.id": f"scheduler-{self._settings.instance_id}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            # Range assigns partition p of both input topics to one member: the
+            # co-partitioning the per-partition state relies on.
+            "partition.assignment.strategy": "range",
+            "fetch.wait.max.ms": 10,
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        }
+
+    def _side_consumer_config(self) -> dict[str, object]:
+        return {
+            **self._base_config(),
+            "group.id": self._names.group("scheduler-restore"),
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+
+    def _producer_config(self) -> dict[str, object]:
+        return {
+            **self._base_config(),
+            "transactional.id": f"{self._names.group('scheduler')}-{self._settings.instance_id}",
+            # Bounds how long readers stall behind the open transaction of a process
+            # that died and is never restarted under the same instance id.
+            "transaction.timeout.ms": 10_000,
+            "linger.ms": 1,
+            "batch.num.messages": 10_000,
+        }
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        producer = Producer(self._producer_config())
+        producer.init_transactions(30)
+        self._producer = producer
+        registry = ServiceRegistry(self._side_consumer_config(), self._names.services, self._codec)
+        registry.catch_up(30)
+        self._registry = registry
+        consumer = Consumer(self._consumer_config())
+        consumer.subscribe(
+            [self._names.invocations, self._names.journal],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        log.info("scheduler %s started", self._settings.instance_id)
+        try:
+            while not stop.is_set():
+                registry.poll()
+                batch = self._next_batch(consumer)
+                now = self._clock()
+                if batch or self._timers_due(now):
+                    self._process(consumer, producer, batch, now)
+        finally:
+            consumer.close()
+            registry.close()
+            producer.flush(10)
+
+    def _next_batch(self, consumer: Consumer) -> list[Message]:
+        # consume(n, timeout) waits for n records or the timeout, which would add the
+        # whole timeout to every lone record's latency: wait for one, then drain.
+        first = consumer.poll(self._poll_timeout_s())
+        if first is None:
+            return []
+        rest = consumer.consume(self._settings.scheduler_batch_max - 1, timeout=0)
+        return [first, *rest]
+
+    def _poll_timeout_s(self) -> float:
+        wakes = [w for s in self._states.values() if (w := s.next_wake_ms()) is not None]
+        if not wakes:
+            return 0.1
+        return min(max((min(wakes) - self._clock()) / 1000, 0.0), 0.1)
+
+    def _timers_due(self, now: int) -> bool:
+        return any((w := s.next_wake_ms()) is not None and w <= now for s in self._states.values())
+
+    def _process(
+        self, consumer: Consumer, producer: Producer, batch: list[Message], now: int
+    ) -> None:
+        producer.begin_transaction()
+        try:
+            for message in batch:
+                self._on_message(message, now)
+            for state in list(self._states.values()):
+                for invocation_id in state.pop_due(now):
+                    self._apply(state, invocation_id, TimerDue(invocation_id), now)
+            self._write_changes(producer, now)
+            if self._offsets:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+                producer.send_offsets_to_transaction(
+                    offsets, consumer.consumer_group_metadata(), 30
+                )
+            producer.commit_transaction(30)
+            self._offsets.clear()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.txn_requires_abort():
+                raise
+            log.warning("aborting scheduler transaction: %s", error)
+            producer.abort_transaction(30)
+            self._rewind(consumer)
+
+    def _rewind(self, consumer: Consumer) -> None:
+        """After an abort, state and positions go back to the last committed batch."""
+        self._offsets.clear()
+        partitions = sorted(self._states)
+        self._states = {p: self._restore(p) for p in partitions}
+        committed = consumer.committed(consumer.assignment(), timeout=30)
+        for tp in committed:
+            consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
+
+    # -- rebalancing -----------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in sorted({tp.partition for tp in partitions}):
+            if p not in self._states:
+                self._states[p] = self._restore(p)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in {tp.partition for tp in partitions}:
+            self._states.pop(p, None)
+        self._offsets = {k: v for k, v in self._offsets.items() if k[1] in self._states}
+
+    def _restore(self, partition: int) -> PartitionState:
+        return restore(
+            self._side_consumer_config(), self._names.scheduler_state, partition, self._codec
+        )
+
+    # -- events ----------------------------------------------------------------------
+
+    def _on_message(self, message: Message, now: int) -> None:
+        error = message.error()
+        if error is not None:
+            log.warning("consumer: %s", error)
+            return
+        topic, partition, offset = _position(message)
+        self._offsets[(topic, partition)] = offset + 1
+        state = self._states.get(partition)
+        if state is None:
+            log.warning("record for unassigned partition %d skipped", partition)
+            return
+        try:
+            if topic == self._names.invocations:
+                self._on_invocation(state, message, now)
+            else:
+                record = self._codec.decode_journal(message.value() or b"")
+                self._apply(state, record.invocation_id, JournalArrived(record), now)
+        except DecodeError as exc:
+            self._dead_letter(message, str(exc))
+
+    def _on_invocation(self, state: PartitionState, message: Message, now: int) -> None:
+        topic, partition, offset = _position(message)
+        request = self._codec.decode_request(
+            message.value() or b"",
+            headers=_headers(message),
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            timestamp_ms=message.timestamp()[1],
+        )
+        home = partition_for(request.partition_key, self._settings.runtime_partitions)
+        if home != state.partition:
+            self._produce(
+                self._names.invocations,
+                home,
+                request.partition_key,
+                self._codec.encode_request(request),
+            )
+            return
+        self._apply(state, request.id, InvocationArrived(request), now, message)
+
+    def _apply(
+        self,
+        state: PartitionState,
+        invocation_id: str,
+        event: Event,
+        now: int,
+        source: Message | None = None,
+    ) -> None:
+        invocation = state.invocations.get(invocation_id)
+        if isinstance(event, InvocationArrived):
+            request = event.request
+        elif invocation is not None:
+            request = invocation.request
+        else:
+            log.debug("event for unknown invocation %r ignored", invocation_id)
+            return
+        handler = self._handler(request.target, refresh=invocation is None)
+        queue = state.queue(request.queue_id)
+        context = DecisionContext(now, handler, self._settings.lease_timeout_ms, self._rng.random())
+        decision = decide(invocation, queue, event, context)
+        self._store(state, decision)
+        self._execute(state, decision, source)
+
+    def _handler(self, target: Target, *, refresh: bool) -> HandlerDefinition | None:
+        registry = self._registry
+        assert registry is not None
+        handler = registry.handler(target)
+        if handler is None and refresh:
+            # A worker may have announced the service a moment ago: read the registry to
+            # its end before turning a new invocation away.
+            registry.catch_up()
+            handler = registry.handler(target)
+        return handler
+
+    def _store(self, state: PartitionState, decision: Decision) -> None:
+        if decision.invocation is not None:
+            state.put_invocation(decision.invocation)
+        if decision.queue is not None:
+            state.put_queue(decision.queue)
+
+    def _execute(self, state: PartitionState, decision: Decision, source: Message | None) -> None:
+        for effect in decision.effects:
+            match effect:
+                case Dispatch(order=order):
+                    self._produce(
+                        self._names.dispatch,
+                        state.partition,
+                        order.request.partition_key,
+                        self._codec.encode_dispatch(order),
+                    )
+                case EmitResult(result=result):
+                    self._produce(
+                        self._names.results,
+                        partition_for(result.invocation_id, self._settings.results_partitions),
+                        result.invocation_id,
+                        self._codec.encode_result(result),
+                    )
+                case AppendFence(fence=fence, partition_key=key):
+                    self._produce(
+                        self._names.journal, state.partition, key, self._codec.encode_journal(fence)
+                    )
+                case DeadLetter(reason=reason):
+                    if source is not None:
+                        self._dead_letter(source, reason)
+                case Ignored(reason=reason):
+                    log.debug("ignored: %s", reason)
+
+    # -- output ----------------------------------------------------------------------
+
+    def _write_changes(self, producer: Producer, now: int) -> None:
+        changelog = self._names.scheduler_state
+        for state in self._states.values():
+            invocations, queues = state.take_changes()
+            for invocation in invocations:
+                self._produce(
+                    changelog,
+                    state.partition,
+                    INVOCATION_PREFIX + invocation.id,
+                    self._codec.encode_invocation_state(invocation),
+                )
+            for queue_id, queue in queues:
+                key = str(queue_id)
+                if queue is None:
+                    self._produce(changelog, state.partition, QUEUE_PREFIX + key, None)
+                    self._produce(self._names.queue_state, state.partition, key, None)
+                    continue
+                self._produce(
+                    changelog,
+                    state.partition,
+                    QUEUE_PREFIX + key,
+                    self._codec.encode_queue_state(queue),
+                )
+                snapshot = QueueSnapshot(queue_id, queue.queued, queue.running, now)
+                self._produce(
+                    self._names.queue_state,
+                    state.partition,
+                    key,
+                    self._codec.encode_queue_snapshot(snapshot),
+                )
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            reason,
+        )
+        headers: list[tuple[str, str | bytes | None]] = [
+            *_headers(message),
+            ("dlq.reason", reason.encode()),
+            ("dlq.topic", (message.topic() or "").encode()),
+            ("dlq.partition", str(message.partition()).encode()),
+            ("dlq.offset", str(message.offset()).encode()),
+        ]
+        self._send(self._names.dead_letter, 0, message.key(), message.value(), headers)
+
+    def _produce(self, topic: str, partition: int, key: str, value: bytes | None) -> None:
+        self._send(topic, partition, key.encode(), value, None)
+
+    def _send(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, str | bytes | None]] | None,
+    ) -> None:
+        producer = self._producer
+        assert producer is not None
+        while True:
+            try:
+                producer.produce(topic, value, key, partition=partition, headers=headers)
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports to make room.
+                producer.poll(0.05)
+
+
+def _position(message: Message) -> tuple[str, int, int]:
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def _headers(message: Message) -> list[tuple[str, bytes]]:
+    headers = message.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in pairs]

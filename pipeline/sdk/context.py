@@ -1,0 +1,212 @@
+"""What a handler sees of its invocation, and `ctx.run`, the durable step.
+
+`ctx.run` keeps one promise: a step whose result the handler has seen is never executed
+again. So a new step's result is handed to the handler only after Kafka acknowledged its
+journal entry, and a recorded step returns its recorded outcome without running.
+
+Steps are numbered in the order the handler starts them. Their journal entries are sent
+in that same order, even when steps run concurrently (`asyncio.gather`), because the
+scheduler appends entries densely by index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar, cast, overload
+
+from opentelemetry.trace import NoOpTracer, Tracer
+
+from pipeline.core.model import (
+    DispatchOrder,
+    EntryAppended,
+    EntryKind,
+    Failure,
+    Headers,
+    JournalEntry,
+    Target,
+)
+from pipeline.core.replay import JournalMismatch, expect_entry
+from pipeline.errors import NonDeterminismError, TerminalError
+from pipeline.sdk.errors import AttemptBroken
+from pipeline.sdk.serde import JsonSerde, Serde
+
+T = TypeVar("T")
+
+
+class JournalWriter(Protocol):
+    """Where `ctx.run` sends the journal entries of new steps (Kafka, in the worker)."""
+
+    def append(self, record: EntryAppended) -> Awaitable[None]:
+        """Send `record` now, ordered after every record appended before it.
+
+        The awaitable completes once the journal acknowledged the record durably and
+        raises when it could not be written.
+        """
+        ...
+
+
+class Context:
+    """One attempt of one invocation, as its handler sees it.
+
+    Built by the worker from a dispatch order; replays `order.journal`.
+    """
+
+    def __init__(
+        self,
+        order: DispatchOrder,
+        journal_writer: JournalWriter,
+        *,
+        tracer: Tracer | None = None,
+        default_serde: Serde[object] | None = None,
+    ) -> None:
+        self._order = order
+        self._writer = journal_writer
+        self._tracer: Tracer = tracer if tracer is not None else NoOpTracer()
+        self._default_serde: Serde[object] = (
+            default_serde if default_serde is not None else JsonSerde()
+        )
+        self._next_index = 0
+        # Set by each step once its entry was handed to the writer (or will never be),
+        # so that the next step's entry follows it.
+        self._last_turn: asyncio.Event | None = None
+        self._last_acked = -1  # index of the last entry the journal acknowledged
+        self._failed_step: tuple[int, str] | None = None
+        self._nondeterminism: NonDeterminismError | None = None
+
+    @property
+    def invocation_id(self) -> str:
+        return self._order.request.id
+
+    @property
+    def attempt(self) -> int:
+        return self._order.attempt
+
+    @property
+    def target(self) -> Target:
+        return self._order.request.target
+
+    @property
+    def key(self) -> str | None:
+        """The object key of a keyed service's invocation; None for unkeyed services."""
+        return self._order.request.target.key
+
+    @property
+    def headers(self) -> Headers:
+        return self._order.request.headers
+
+    @property
+    def nondeterminism(self) -> NonDeterminismError | None:
+        """The replay mismatch this attempt hit, if any.
+
+        The worker fails the attempt with it even when the handler caught it: outcomes
+        computed from a journal the code no longer matches must not become results.
+        """
+        return self._nondeterminism
+
+    # Two overloads so that type checkers infer T from an async action's result rather
+    # than from the coroutine object itself.
+    @overload
+    async def run(
+        self, name: str, action: Callable[[], Awaitable[T]], *, serde: Serde[T] | None = None
+    ) -> T: ...
+
+    @overload
+    async def run(
+        self, name: str, action: Callable[[], T], *, serde: Serde[T] | None = None
+    ) -> T: ...
+
+    async def run(
+        self,
+        name: str,
+        action: Callable[[], T | Awaitable[T]],
+        *,
+        serde: Serde[T] | None = None,
+    ) -> T:
+        """Run `action` once, durably: its outcome is journaled and replayed after that.
+
+        A `TerminalError` raised by `action` is journaled too and raised again on every
+        replay. Any other exception propagates unjournaled, so the attempt fails and the
+        step runs again on the next attempt; later steps of this attempt then raise
+        `AttemptBroken` rather than leave a gap in the journal.
+        """
+        step_serde = serde if serde is not None else cast(Serde[T], self._default_serde)
+        index = self._next_index
+        try:
+            recorded = expect_entry(self._order.journal, index, EntryKind.RUN, name)
+        except JournalMismatch as exc:
+            self._nondeterminism = exc
+            raise
+        self._next_index += 1
+        previous, turn = self._last_turn, asyncio.Event()
+        self._last_turn = turn
+        with self._tracer.start_as_current_span(
+            f"run {name}",
+            attributes={
+                "pipeline.step.index": index,
+                "pipeline.replayed": recorded is not None,
+            },
+        ):
+            if recorded is not None:
+                turn.set()
+                return _replayed(recorded, step_serde)
+            try:
+                return await self._execute(index, name, action, step_serde, previous)
+            except BaseException:
+                # A journaled terminal failure is an outcome like any value; only a step
+                # that left no entry breaks the journal's order.
+                if self._failed_step is None and self._last_acked < index:
+                    self._failed_step = (index, name)
+                raise
+            finally:
+                turn.set()
+
+    async def _execute(
+        self,
+        index: int,
+        name: str,
+        action: Callable[[], T | Awaitable[T]],
+        serde: Serde[T],
+        previous: asyncio.Event | None,
+    ) -> T:
+        self._raise_if_broken(index, name)
+        try:
+            outcome = action()
+            value = await outcome if inspect.isawaitable(outcome) else outcome
+        except TerminalError as exc:
+            failure = Failure(exc.message, type(exc).__name__, terminal=True)
+            await self._journal(JournalEntry(index, EntryKind.RUN, name, failure=failure), previous)
+            raise TerminalError(exc.message, code=exc.code) from exc
+        value = cast(T, value)
+        try:
+            data = serde.serialize(value)
+        except Exception as exc:
+            raise TypeError(
+                f"step {index} {name!r} returned a value that {serde!r} cannot serialize: {exc}"
+            ) from exc
+        await self._journal(JournalEntry(index, EntryKind.RUN, name, value=data), previous)
+        return value
+
+    async def _journal(self, entry: JournalEntry, previous: asyncio.Event | None) -> None:
+        if previous is not None:
+            await previous.wait()
+        # A step before this one may have failed while this one ran concurrently.
+        self._raise_if_broken(entry.index, entry.name)
+        record = EntryAppended(self.invocation_id, self.attempt, entry)
+        # The next step sends only after this ack: were this entry lost after the next
+        # one was written, the journal would have a gap behind a step the handler saw.
+        await self._writer.append(record)
+        self._last_acked = entry.index
+
+    def _raise_if_broken(self, index: int, name: str) -> None:
+        if self._failed_step is not None:
+            failed_index, failed_name = self._failed_step
+            raise AttemptBroken(index, name, failed_index=failed_index, failed_name=failed_name)
+
+
+def _replayed(recorded: JournalEntry, serde: Serde[T]) -> T:
+    if recorded.failure is not None:
+        # Only terminal failures are journaled; a recorded one fails the same way again.
+        raise TerminalError(recorded.failure.message)
+    return serde.deserialize(recorded.value if recorded.value is not None else b"")

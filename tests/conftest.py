@@ -1,0 +1,36 @@
+"""Shared fixtures: one real Kafka broker per test session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.localkafka.broker import BrokerConfig, LocalBroker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real broker: $KAFKA_BOOTSTRAP_SERVERS or a local one.
+
+    A broker that fails to start raises here, which errors every test using it:
+    integration tests must never be silently skipped for lack of Kafka.
+    """
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    broker = LocalBroker(BrokerConfig(data_dir=tmp_path_factory.mktemp("kafka")))
+    bootstrap = broker.start()
+    try:
+        yield bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A per-test topic name prefix, so tests sharing the broker never collide."""
+    return f"t{uuid.uuid4().hex[:8]}."

@@ -1,0 +1,41 @@
+"""The service of the kill -9 test: three steps with side effects outside Kafka.
+
+Every execution of a step and every result a handler received is appended to the file
+named by $CRASH_LOG, so the test can prove that no step whose result a handler had
+seen was executed again.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from pipeline import Context, Service
+
+service = Service("Crash")
+
+
+def _append(line: str) -> None:
+    # O_APPEND writes of one short line are atomic, so concurrent processes never
+    # interleave within a line.
+    fd = os.open(os.environ["CRASH_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@service.handler()
+async def work(ctx: Context, request: int) -> int:
+    total = 0
+    for step in range(3):
+
+        def execute(step: int = step) -> str:
+            token = uuid.uuid4().hex[:12]
+            _append(f"exec {ctx.invocation_id} {step} {token}")
+            return token
+
+        token = await ctx.run(f"step-{step}", execute)
+        _append(f"seen {ctx.invocation_id} {step} {token}")
+        total += step
+    return request + total

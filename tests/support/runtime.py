@@ -1,0 +1,99 @@
+"""Run the real scheduler and worker inside the test process, on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from confluent_kafka import Producer
+
+from pipeline.codec.records import WireCodec
+from pipeline.runtime.scheduler import SchedulerProcessor
+from pipeline.runtime.worker import Worker
+from pipeline.sdk import Service
+from pipeline.settings import Settings
+from topics.provision import provision
+
+
+def runtime_settings(bootstrap: str, prefix: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "topic_prefix": prefix,
+        "runtime_partitions": 4,
+        "results_partitions": 4,
+        "lease_timeout_ms": 5_000,
+        "instance_id": prefix,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@contextmanager
+def running_worker(
+    settings: Settings, services: Sequence[Service], **kwargs: object
+) -> Iterator[Worker]:
+    worker = Worker(settings, services, **kwargs)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(worker.run(stop))
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+    if errors:
+        raise errors[0]
+
+
+@contextmanager
+def running_scheduler(settings: Settings) -> Iterator[SchedulerProcessor]:
+    processor = SchedulerProcessor(settings)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            processor.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="test-scheduler", daemon=True)
+    thread.start()
+    try:
+        yield processor
+    finally:
+        stop.set()
+        thread.join(30)
+    if errors:
+        raise errors[0]
+
+
+def register(settings: Settings, services: Sequence[Service]) -> None:
+    """Announce the services before anything runs, as a deployment step would."""
+    codec = WireCodec()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    for service in services:
+        definition = service.definition()
+        producer.produce(
+            settings.topic_names.services, codec.encode_service(definition), definition.name.encode()
+        )
+    assert producer.flush(30) == 0
+
+
+@contextmanager
+def running_pipeline(settings: Settings, services: Sequence[Service]) -> Iterator[None]:
+    provision(settings.kafka_bootstrap_servers, settings.catalogue)
+    register(settings, services)
+    with running_worker(settings, services), running_scheduler(settings):
+        yield

@@ -1,0 +1,287 @@
+"""The Admin API over in-memory readers: auth, rendering, errors and the OpenAPI contract."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from admin_api import create_app
+from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.model import (
+    EntryKind,
+    Failure,
+    HandlerDefinition,
+    InvocationRequest,
+    JournalEntry,
+    OnExhausted,
+    RetryPolicy,
+    ServiceDefinition,
+    Target,
+)
+from pipeline.core.state import Invocation
+from pipeline.errors import ValidationError
+from pipeline.settings import Settings
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class InvocationTable:
+    def __init__(self, invocations: Iterable[Invocation] = ()) -> None:
+        self._by_id = {invocation.id: invocation for invocation in invocations}
+
+    def invocation(self, invocation_id: str) -> Invocation | None:
+        return self._by_id.get(invocation_id)
+
+
+class ServiceTable:
+    def __init__(self, services: Iterable[ServiceDefinition] = ()) -> None:
+        self._by_name = {service.name: service for service in services}
+
+    def services(self) -> list[ServiceDefinition]:
+        return sorted(self._by_name.values(), key=lambda service: service.name)
+
+    def service(self, name: str) -> ServiceDefinition | None:
+        return self._by_name.get(name)
+
+
+def settings(*tokens: str) -> Settings:
+    return Settings(admin_api_tokens=tuple(SecretStr(token) for token in tokens or (TOKEN,)))
+
+
+def client(
+    invocations: Iterable[Invocation] = (), services: Iterable[ServiceDefinition] = ()
+) -> TestClient:
+    app = create_app(
+        settings(), invocations=InvocationTable(invocations), services=ServiceTable(services)
+    )
+    return TestClient(app)
+
+
+def failed_after_retries() -> Invocation:
+    request = InvocationRequest(
+        id="idem:Billing/charge:order-17",
+        target=Target("Billing", "charge"),
+        input=b"{}",
+        created_at_ms=1_700_000_000_000,
+        idempotency_key="order-17",
+        scope="tenant-a",
+        limit_key="user-9/agent-2",
+        priority=2,
+    )
+    return Invocation(
+        request=request,
+        status=InvocationStatus.FAILED,
+        attempt=3,
+        journal=(
+            JournalEntry(0, EntryKind.RUN, "reserve", value=b"ok"),
+            JournalEntry(
+                1, EntryKind.RUN, "capture", failure=Failure("card declined", "CardError", True)
+            ),
+        ),
+        first_started_at_ms=1_700_000_000_250,
+        finished_at_ms=1_700_000_003_500,
+        last_failure=Failure("card declined", "CardError", terminal=True),
+    )
+
+
+def billing_service() -> ServiceDefinition:
+    return ServiceDefinition(
+        name="Billing",
+        handlers=(
+            HandlerDefinition(
+                "charge", RetryPolicy(max_attempts=3, on_exhausted=OnExhausted.PAUSE)
+            ),
+            HandlerDefinition("refund"),
+        ),
+    )
+
+
+def test_health_needs_no_token() -> None:
+    response = client().get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("path", ["/invocations/x", "/services", "/services/Billing"])
+def test_missing_token_is_401_and_says_how_to_send_one(path: str) -> None:
+    response = client().get(path)
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    error = response.json()["error"]
+    assert error["type"] == "unauthorized"
+    assert "Authorization: Bearer <token>" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    # Non-ASCII bytes must be refused like any wrong token, not crash the comparison.
+    [f"Bearer {TOKEN}x", "Bearer wrong", f"Basic {TOKEN}", "Bearer ünïcode".encode("latin-1")],
+)
+def test_wrong_token_is_401(header: str | bytes) -> None:
+    response = client(services=[billing_service()]).get(
+        "/services", headers={"Authorization": header}
+    )
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "Authorization: Bearer <token>" in response.json()["error"]["message"]
+
+
+def test_any_configured_token_is_accepted() -> None:
+    app = create_app(
+        settings("first", "second"), invocations=InvocationTable(), services=ServiceTable()
+    )
+
+    response = TestClient(app).get("/services", headers={"Authorization": "Bearer second"})
+
+    assert response.status_code == 200
+
+
+def test_an_app_without_tokens_is_refused_at_build_time() -> None:
+    with pytest.raises(ValidationError, match="PIPELINE_ADMIN_API_TOKENS"):
+        create_app(
+            Settings(admin_api_tokens=()), invocations=InvocationTable(), services=ServiceTable()
+        )
+
+
+def test_unknown_invocation_is_404_naming_the_id() -> None:
+    response = client().get("/invocations/no-such-id", headers=AUTH)
+
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["type"] == "not_found"
+    assert "'no-such-id'" in error["message"]
+    assert "check the id" in error["message"]
+
+
+def test_invocation_is_rendered_in_full() -> None:
+    invocation = failed_after_retries()
+
+    # The id contains a slash, as derived idempotent ids do.
+    response = client([invocation]).get(f"/invocations/{invocation.id}", headers=AUTH)
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "id": "idem:Billing/charge:order-17",
+        "status": "failed",
+        "target": {"service": "Billing", "handler": "charge", "key": None},
+        "attempts": 3,
+        "scope": "tenant-a",
+        "limit_key": "user-9/agent-2",
+        "priority": 2,
+        "queue_id": "tenant-a/user-9/agent-2",
+        "idempotency_key": "order-17",
+        "created_at": "2023-11-14T22:13:20Z",
+        "first_started_at": "2023-11-14T22:13:20.250000Z",
+        "finished_at": "2023-11-14T22:13:23.500000Z",
+        "journal": [
+            {"index": 0, "kind": "run", "name": "reserve", "failed": False},
+            {"index": 1, "kind": "run", "name": "capture", "failed": True},
+        ],
+        "last_error": {"type": "CardError", "message": "card declined", "terminal": True},
+        "output_size_bytes": None,
+    }
+
+
+def test_pending_invocation_has_no_times_error_or_output_yet() -> None:
+    request = InvocationRequest("inv-1", Target("Greeter", "greet"), b"", created_at_ms=0)
+    invocation = Invocation(request=request, status=InvocationStatus.PENDING)
+
+    body = client([invocation]).get("/invocations/inv-1", headers=AUTH).json()
+
+    assert body["status"] == "pending"
+    assert body["attempts"] == 0
+    assert body["queue_id"] == "/Greeter"
+    assert body["first_started_at"] is None
+    assert body["finished_at"] is None
+    assert body["journal"] == []
+    assert body["last_error"] is None
+
+
+def test_completed_invocation_reports_its_output_size() -> None:
+    request = InvocationRequest("inv-2", Target("Greeter", "greet"), b"", created_at_ms=0)
+    invocation = Invocation(
+        request=request, status=InvocationStatus.COMPLETED, attempt=1, output=b"hello!"
+    )
+
+    body = client([invocation]).get("/invocations/inv-2", headers=AUTH).json()
+
+    assert body["output_size_bytes"] == 6
+
+
+def test_services_list_handlers_with_retry_policies() -> None:
+    response = client(services=[billing_service()]).get("/services", headers=AUTH)
+
+    assert response.status_code == 200
+    (billing,) = response.json()["services"]
+    assert billing["name"] == "Billing"
+    assert billing["keyed"] is False
+    charge, refund = billing["handlers"]
+    assert charge == {
+        "name": "charge",
+        "retry": {
+            "max_attempts": 3,
+            "initial_interval_ms": 100,
+            "max_interval_ms": 30_000,
+            "multiplier": 2.0,
+            "on_exhausted": "pause",
+        },
+    }
+    assert refund["retry"]["on_exhausted"] == "fail"
+
+
+def test_one_service_and_unknown_service() -> None:
+    api = client(services=[billing_service()])
+
+    found = api.get("/services/Billing", headers=AUTH)
+    missing = api.get("/services/Shipping", headers=AUTH)
+
+    assert found.status_code == 200
+    assert [h["name"] for h in found.json()["handlers"]] == ["charge", "refund"]
+    assert missing.status_code == 404
+    assert "GET /services" in missing.json()["error"]["message"]
+
+
+def test_bad_path_parameter_is_422_with_the_field_path() -> None:
+    response = client().get(f"/services/{'S' * 200}", headers=AUTH)
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request"
+    assert error["fields"][0]["path"] == "path.name"
+    assert "path.name" in error["message"]
+
+
+def test_unknown_route_is_404_in_the_error_shape() -> None:
+    response = client().get("/nope", headers=AUTH)
+
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found"
+    assert "/docs" in response.json()["error"]["message"]
+
+
+def test_openapi_documents_every_route_with_a_summary() -> None:
+    schema = client().get("/openapi.json").json()
+
+    assert schema["info"]["title"] == "pipeline Admin API"
+    assert schema["info"]["version"]
+    assert schema["info"]["description"]
+    paths = schema["paths"]
+    assert set(paths) == {
+        "/health",
+        "/invocations/{invocation_id}",
+        "/services",
+        "/services/{name}",
+    }
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            assert operation.get("summary"), f"{method.upper()} {path} has no summary"
+    assert "security" not in paths["/health"]["get"]
+    assert paths["/services"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "401" in paths["/services"]["get"]["responses"]

@@ -1,0 +1,254 @@
+"""The scheduler's decisions, without a broker, on a fake clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.model import (
+    AttemptCompleted,
+    AttemptFailed,
+    AttemptFenced,
+    EntryAppended,
+    EntryKind,
+    Failure,
+    HandlerDefinition,
+    InvocationRequest,
+    JournalEntry,
+    OnExhausted,
+    ResultStatus,
+    RetryPolicy,
+    Target,
+)
+from pipeline.core.scheduler import (
+    AppendFence,
+    DeadLetter,
+    DecisionContext,
+    Dispatch,
+    EmitResult,
+    Event,
+    Ignored,
+    InvocationArrived,
+    JournalArrived,
+    ResumeRequested,
+    TimerDue,
+    decide,
+)
+from pipeline.core.state import Invocation, VirtualQueue
+
+LEASE = 1_000
+TARGET = Target("Greeter", "greet")
+HANDLER = HandlerDefinition(
+    "greet", RetryPolicy(max_attempts=3, initial_interval_ms=100, max_interval_ms=1_000)
+)
+
+
+@dataclass
+class Driver:
+    """Folds events through `decide` the way the shell does, minus Kafka."""
+
+    handler: HandlerDefinition | None = HANDLER
+    now: int = 0
+    invocations: dict[str, Invocation] = field(default_factory=dict)
+    queues: dict[str, VirtualQueue] = field(default_factory=dict)
+    effects: list[object] = field(default_factory=list)
+
+    def send(self, event: Event, invocation_id: str) -> list[object]:
+        invocation = self.invocations.get(invocation_id)
+        request = event.request if isinstance(event, InvocationArrived) else None
+        queue_id = request or (invocation.request if invocation else None)
+        qid = queue_id.queue_id if queue_id is not None else TARGET_QUEUE
+        queue = self.queues.get(str(qid), VirtualQueue(qid))
+        decision = decide(
+            invocation, queue, event, DecisionContext(self.now, self.handler, LEASE, 0.5)
+        )
+        if decision.invocation is not None:
+            self.invocations[decision.invocation.id] = decision.invocation
+        if decision.queue is not None:
+            self.queues[str(decision.queue.id)] = decision.queue
+        self.effects += decision.effects
+        return list(decision.effects)
+
+    def arrive(self, invocation_id: str) -> list[object]:
+        return self.send(InvocationArrived(request(invocation_id)), invocation_id)
+
+    def journal(self, record: object) -> list[object]:
+        return self.send(JournalArrived(record), record.invocation_id)  # type: ignore[arg-type, attr-defined]
+
+    def timers(self) -> list[object]:
+        out: list[object] = []
+        for inv in list(self.invocations.values()):
+            if inv.wake_at_ms is not None and inv.wake_at_ms <= self.now:
+                out += self.send(TimerDue(inv.id), inv.id)
+        return out
+
+
+def request(invocation_id: str) -> InvocationRequest:
+    return InvocationRequest(invocation_id, TARGET, b"{}", created_at_ms=0)
+
+
+TARGET_QUEUE = request("x").queue_id
+
+
+def results(effects: list[object]) -> list[EmitResult]:
+    return [e for e in effects if isinstance(e, EmitResult)]
+
+
+def test_arrival_dispatches_attempt_one_with_a_lease() -> None:
+    d = Driver(now=50)
+    [effect] = d.arrive("a")
+    assert isinstance(effect, Dispatch)
+    assert effect.order.attempt == 1 and effect.order.journal == ()
+    inv = d.invocations["a"]
+    assert inv.status is InvocationStatus.RUNNING and inv.wake_at_ms == 50 + LEASE
+    assert d.queues[str(TARGET_QUEUE)].running == 1
+
+
+def test_completion_emits_one_result_and_frees_the_slot() -> None:
+    d = Driver()
+    d.arrive("a")
+    [effect] = d.journal(AttemptCompleted("a", 1, b'"hi"'))
+    assert isinstance(effect, EmitResult)
+    assert effect.result.status is ResultStatus.COMPLETED and effect.result.output == b'"hi"'
+    assert d.queues[str(TARGET_QUEUE)].is_idle
+    # A duplicate completion and a duplicate request change nothing.
+    assert isinstance(d.journal(AttemptCompleted("a", 1, b"x"))[0], Ignored)
+    assert isinstance(d.arrive("a")[0], Ignored)
+    assert len(results(d.effects)) == 1
+
+
+def test_entries_from_a_stale_attempt_are_ignored() -> None:
+    d = Driver()
+    d.arrive("a")
+    entry = JournalEntry(0, EntryKind.RUN, "step")
+    d.journal(AttemptFailed("a", 1, Failure("boom")))
+    d.now = 10_000
+    d.timers()  # backoff over: attempt 2 dispatched
+    assert d.invocations["a"].attempt == 2
+    assert isinstance(d.journal(EntryAppended("a", 1, entry))[0], Ignored)
+    assert d.invocations["a"].journal == ()
+    d.journal(EntryAppended("a", 2, entry))
+    assert d.invocations["a"].journal == (entry,)
+
+
+def test_lease_expiry_writes_a_fence_and_acts_only_when_it_is_read_back() -> None:
+    d = Driver()
+    d.arrive("a")
+    d.journal(EntryAppended("a", 1, JournalEntry(0, EntryKind.RUN, "s0")))
+    d.now = 5 * LEASE
+    [fence] = d.timers()
+    assert isinstance(fence, AppendFence) and fence.fence.attempt == 1
+    # An entry the old attempt got acknowledged before the fence still counts.
+    d.journal(EntryAppended("a", 1, JournalEntry(1, EntryKind.RUN, "s1")))
+    assert d.invocations["a"].status is InvocationStatus.RUNNING
+    d.journal(fence.fence)
+    assert d.invocations["a"].status is InvocationStatus.BACKING_OFF
+    # Anything after the fence is rejected.
+    assert isinstance(d.journal(AttemptCompleted("a", 1, b"late"))[0], Ignored)
+    d.now += 10_000
+    [dispatch] = d.timers()
+    assert isinstance(dispatch, Dispatch)
+    assert dispatch.order.attempt == 2
+    assert [e.name for e in dispatch.order.journal] == ["s0", "s1"]
+
+
+def test_retries_exhausted_fail_with_the_last_error() -> None:
+    d = Driver()
+    d.arrive("a")
+    for attempt in (1, 2, 3):
+        d.journal(AttemptFailed("a", attempt, Failure(f"boom {attempt}")))
+        d.now += 10_000
+        d.timers()
+    [result] = results(d.effects)
+    assert result.result.status is ResultStatus.FAILED
+    assert result.result.attempts == 3
+    assert result.result.failure == Failure("boom 3")
+
+
+def test_terminal_failure_fails_at_once() -> None:
+    d = Driver()
+    d.arrive("a")
+    d.journal(AttemptFailed("a", 1, Failure("no", "TerminalError", terminal=True)))
+    [result] = results(d.effects)
+    assert result.result.attempts == 1 and d.invocations["a"].status is InvocationStatus.FAILED
+
+
+def test_pause_policy_pauses_and_resume_runs_the_next_attempt() -> None:
+    d = Driver(handler=HandlerDefinition("greet", RetryPolicy(1, on_exhausted=OnExhausted.PAUSE)))
+    d.arrive("a")
+    d.journal(AttemptFailed("a", 1, Failure("boom")))
+    assert d.invocations["a"].status is InvocationStatus.PAUSED
+    assert results(d.effects) == []
+    [dispatch] = d.send(ResumeRequested("a"), "a")
+    assert isinstance(dispatch, Dispatch) and dispatch.order.attempt == 2
+
+
+def test_unknown_handler_is_dead_lettered_with_a_failed_result() -> None:
+    d = Driver(handler=None)
+    effects = d.arrive("a")
+    assert isinstance(effects[0], DeadLetter) and "Greeter/greet" in effects[0].reason
+    assert results(effects)[0].result.status is ResultStatus.FAILED
+
+
+def test_retry_after_overrides_backoff() -> None:
+    d = Driver()
+    d.arrive("a")
+    d.journal(AttemptFailed("a", 1, Failure("429"), retry_after_ms=7_000))
+    assert d.invocations["a"].wake_at_ms == 7_000
+
+
+# -- properties ---------------------------------------------------------------------
+
+ids = st.sampled_from(["a", "b", "c", "d"])
+actions = st.one_of(
+    st.tuples(st.just("arrive"), ids),
+    st.tuples(st.just("entry"), ids, st.integers(0, 4), st.integers(0, 3)),
+    st.tuples(st.just("complete"), ids, st.integers(0, 4)),
+    st.tuples(st.just("fail"), ids, st.integers(0, 4), st.booleans()),
+    st.tuples(st.just("fence"), ids, st.integers(0, 4)),
+    st.tuples(st.just("tick"), st.integers(0, 3 * LEASE)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(actions, max_size=60))
+def test_invariants_hold_for_any_event_sequence(steps: list[tuple[object, ...]]) -> None:
+    d = Driver()
+    for step in steps:
+        kind = step[0]
+        if kind == "arrive":
+            d.arrive(str(step[1]))
+        elif kind == "entry":
+            _, i, attempt, index = step
+            d.journal(
+                EntryAppended(str(i), int(attempt), JournalEntry(int(index), EntryKind.RUN, "s"))
+            )  # type: ignore[call-overload]
+        elif kind == "complete":
+            d.journal(AttemptCompleted(str(step[1]), int(step[2]), b"ok"))  # type: ignore[call-overload]
+        elif kind == "fail":
+            d.journal(
+                AttemptFailed(str(step[1]), int(step[2]), Failure("x", terminal=bool(step[3])))
+            )  # type: ignore[call-overload]
+        elif kind == "fence":
+            d.journal(AttemptFenced(str(step[1]), int(step[2]), "test"))  # type: ignore[call-overload]
+        else:
+            d.now += int(step[1])  # type: ignore[call-overload]
+            d.timers()
+
+        # Exactly one result per finished invocation, none for unfinished ones.
+        emitted = [e.result.invocation_id for e in results(d.effects)]
+        assert len(emitted) == len(set(emitted))
+        finished = {i for i, inv in d.invocations.items() if inv.status.is_final}
+        assert set(emitted) == finished
+        # The queue's counts are a fold of the invocations' statuses.
+        queue = d.queues.get(str(TARGET_QUEUE), VirtualQueue(TARGET_QUEUE))
+        statuses = [inv.status for inv in d.invocations.values()]
+        assert queue.running == statuses.count(InvocationStatus.RUNNING)
+        assert queue.queued == statuses.count(InvocationStatus.PENDING)
+        # Journals are gap-free: entry i sits at index i.
+        for inv in d.invocations.values():
+            assert [e.index for e in inv.journal] == list(range(len(inv.journal)))
+            assert inv.attempt <= HANDLER.retry.max_attempts

@@ -1,0 +1,96 @@
+"""Every topic pipeline uses: name under a prefix, partitions, replication, configs.
+
+The runtime topics (`invocations`, `journal`, `dispatch`, `queue-state` and the
+scheduler's changelog) are co-partitioned: they share one partition count so that the
+scheduler of partition p owns partition p of each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_DAY_MS = 24 * 3600 * 1000
+
+COMPACTED: dict[str, str] = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+
+
+def _retained(days: int) -> dict[str, str]:
+    return {"cleanup.policy": "delete", "retention.ms": str(days * _DAY_MS)}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    prefix: str = "pipeline."
+
+    @property
+    def invocations(self) -> str:
+        return f"{self.prefix}invocations"
+
+    @property
+    def journal(self) -> str:
+        return f"{self.prefix}journal"
+
+    @property
+    def dispatch(self) -> str:
+        return f"{self.prefix}dispatch"
+
+    @property
+    def queue_state(self) -> str:
+        return f"{self.prefix}queue-state"
+
+    @property
+    def scheduler_state(self) -> str:
+        """Changelog of the scheduler's per-partition state (compacted)."""
+        return f"{self.prefix}scheduler-state"
+
+    @property
+    def results(self) -> str:
+        return f"{self.prefix}results"
+
+    @property
+    def services(self) -> str:
+        """Control topic: service definitions announced by worker deployments."""
+        return f"{self.prefix}control.services"
+
+    @property
+    def streams(self) -> str:
+        return f"{self.prefix}streams"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}dead-letter"
+
+    def group(self, role: str) -> str:
+        """Consumer group id of a processor role, under the same prefix."""
+        return f"{self.prefix}{role}"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicCatalogue:
+    names: TopicNames
+    runtime_partitions: int = 8
+    results_partitions: int = 8
+    replication_factor: int = 1
+
+    def specs(self) -> tuple[TopicSpec, ...]:
+        n, rf = self.names, self.replication_factor
+        runtime = self.runtime_partitions
+        return (
+            TopicSpec(n.invocations, runtime, rf, _retained(7)),
+            TopicSpec(n.journal, runtime, rf, _retained(7)),
+            TopicSpec(n.dispatch, runtime, rf, _retained(1)),
+            TopicSpec(n.queue_state, runtime, rf, dict(COMPACTED)),
+            TopicSpec(n.scheduler_state, runtime, rf, dict(COMPACTED)),
+            TopicSpec(n.results, self.results_partitions, rf, _retained(7)),
+            TopicSpec(n.services, 1, rf, dict(COMPACTED)),
+            TopicSpec(n.streams, self.results_partitions, rf, _retained(1)),
+            TopicSpec(n.dead_letter, 1, rf, _retained(30)),
+        )

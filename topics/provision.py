@@ -1,0 +1,106 @@
+"""Create the catalogue's topics, idempotently; refuse when an existing one disagrees."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+)
+
+from topics.catalogue import TopicCatalogue, TopicSpec
+
+# Configs whose mismatch changes semantics (compaction vs deletion); others are tuning.
+_CHECKED_CONFIGS = ("cleanup.policy",)
+
+
+class TopicMismatch(Exception):
+    """An existing topic disagrees with the catalogue; the message says how."""
+
+
+def provision(bootstrap: str, catalogue: TopicCatalogue, timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics; return the names created. Raises TopicMismatch."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    specs = catalogue.specs()
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [s for s in specs if s.name not in existing]
+    created: list[str] = []
+    if missing:
+        futures = admin.create_topics(
+            [
+                NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.configs))
+                for s in missing
+            ],
+            operation_timeout=timeout_s,
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout_s)
+                created.append(name)
+            except KafkaException as exc:
+                # Another process created it between our listing and our request.
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    _check_existing(admin, [s for s in specs if s.name in existing], existing, timeout_s)
+    _wait_until_readable(admin, created, timeout_s)
+    return created
+
+
+def _wait_until_readable(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Wait until every partition of the created topics answers a ListOffsets request.
+
+    Metadata names a leader before the leader has loaded the partition, and for that
+    moment produce and list-offsets requests fail with "not leader".
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        for name in list(pending):
+            metadata = topics.get(name)
+            if metadata is None or metadata.error is not None:
+                continue
+            requests = {TopicPartition(name, p): OffsetSpec.latest() for p in metadata.partitions}
+            try:
+                for future in admin.list_offsets(requests).values():
+                    future.result(timeout_s)
+            except KafkaException:
+                continue
+            pending.discard(name)
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"topics not readable after {timeout_s} s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.05)
+
+
+def _check_existing(
+    admin: AdminClient, specs: list[TopicSpec], existing: Mapping[str, Any], timeout_s: float
+) -> None:
+    problems: list[str] = []
+    for spec in specs:
+        partitions = len(existing[spec.name].partitions)
+        if partitions != spec.partitions:
+            problems.append(
+                f"topic {spec.name!r} has {partitions} partitions, the catalogue says "
+                f"{spec.partitions}: delete it or set the partition count to match"
+            )
+    if specs:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs]
+        described = admin.describe_configs(resources)
+        for spec, resource in zip(specs, resources, strict=True):
+            configs = described[resource].result(timeout_s)
+            for name in _CHECKED_CONFIGS:
+                want = spec.configs.get(name)
+                have = configs[name].value if name in configs else None
+                if want is not None and have != want:
+                    problems.append(
+                        f"topic {spec.name!r} has {name}={have}, the catalogue says {want}"
+                    )
+    if problems:
+        raise TopicMismatch("; ".join(problems))
