@@ -7,11 +7,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Only what the package build needs, so .venv/.cache/var never reach the image.
+# Only what the runtime needs, so .venv/.cache/var never reach the image. Editable, so
+# that the codec finds the Avro contract in /app/schemas.
 COPY pyproject.toml ./
+COPY schemas ./schemas
 COPY pipeline ./pipeline
 COPY topics ./topics
 COPY admin_api ./admin_api
-RUN pip install .
+RUN pip install -e .
 
 CMD ["pipeline", "run"]

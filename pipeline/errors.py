@@ -54,3 +54,11 @@ class DecodeError(ValidationError):
 
 class ConflictError(ValidationError):
     """The request disagrees with what already exists (e.g. a topic's partition count)."""
+
+
+class LeaseLost(BaseException):
+    """The attempt's lease may have expired: the attempt stops without another step.
+
+    A `BaseException` so that a handler's `except Exception` cannot swallow it; the
+    scheduler fences the attempt and runs the next one from the journal.
+    """

@@ -31,11 +31,19 @@ class Settings(BaseSettings):
         ge=100,
         description="A running attempt that reports nothing for this long is fenced and retried.",
     )
+    lease_margin_ms: int = Field(
+        default=1_000,
+        ge=0,
+        description="Workers give up an attempt this long before its lease could expire "
+        "(covers clock skew between worker and scheduler hosts).",
+    )
     scheduler_batch_max: int = Field(default=2000, ge=1)
-    instance_id: str = Field(
-        default="0",
-        description="Stable per process: a restarted scheduler with the same id fences its "
-        "predecessor's open transaction at once instead of waiting for it to time out.",
+    instance_id: str | None = Field(
+        default=None,
+        description="Stable name of this process, unique per role. Set it (e.g. to a "
+        "StatefulSet pod name) and a restarted process takes its partitions back and "
+        "fences its predecessor's open transaction at once; unset, a restart waits for "
+        "the session (10 s) and transaction (10 s) timeouts of the dead process.",
     )
 
     admin_api_host: str = "127.0.0.1"
@@ -44,6 +52,13 @@ class Settings(BaseSettings):
 
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+
+    def membership(self, role: str) -> dict[str, str | int]:
+        """Consumer-group membership settings of a process of `role`."""
+        config: dict[str, str | int] = {"session.timeout.ms": 10_000}
+        if self.instance_id is not None:
+            config["group.instance.id"] = f"{role}-{self.instance_id}"
+        return config
 
     @property
     def topic_names(self) -> TopicNames:

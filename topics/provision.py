@@ -66,7 +66,8 @@ def _wait_until_readable(admin: AdminClient, names: list[str], timeout_s: float)
             metadata = topics.get(name)
             if metadata is None or metadata.error is not None:
                 continue
-            requests = {TopicPartition(name, p): OffsetSpec.latest() for p in metadata.partitions}
+            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            requests = {TopicPartition(name, p): latest for p in metadata.partitions}
             try:
                 for future in admin.list_offsets(requests).values():
                     future.result(timeout_s)

@@ -297,6 +297,9 @@ def _server_properties(cfg: BrokerConfig, log_dirs: Path, port: int, controller_
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # Offset commits (also those inside transactions) wait up to this long to be
+        # batched (default 10 ms), which would add to every invocation's latency.
+        "group.coordinator.append.linger.ms": "0",
         # The cleaner preallocates this on the heap (default 128 MiB).
         "log.cleaner.dedupe.buffer.size": "8388608",
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Message
@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.lease import AttemptLease
 from pipeline.core.model import (
     AttemptCompleted,
     AttemptFailed,
@@ -25,7 +26,8 @@ from pipeline.core.model import (
     Failure,
     JournalRecord,
 )
-from pipeline.errors import RetryableError, TerminalError
+from pipeline.errors import LeaseLost, RetryableError, TerminalError
+from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.kafka_clients import AsyncProducer
 from pipeline.runtime.tracing import extract_context, inject_headers
 from pipeline.sdk.context import Context
@@ -44,17 +46,38 @@ class JournalPartition:
 
 
 class KafkaJournalWriter:
-    """`JournalWriter` of the SDK, backed by the worker's idempotent producer."""
+    """`JournalWriter` of the SDK, backed by the worker's idempotent producer.
+
+    A step's entry counts for the handler only if Kafka acknowledged it while the
+    attempt's lease was still held (see `pipeline.core.lease`): an entry acknowledged
+    later may sit behind the scheduler's fence and be dropped, and its step would then
+    run again in the next attempt after the handler had seen its result.
+    """
 
     def __init__(
-        self, producer: AsyncProducer, codec: WireCodec, destination: JournalPartition
+        self,
+        producer: AsyncProducer,
+        codec: WireCodec,
+        destination: JournalPartition,
+        lease: AttemptLease,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self._producer = producer
         self._codec = codec
         self._destination = destination
+        self.lease = lease
+        self._clock = clock
 
-    def append(self, record: EntryAppended) -> Awaitable[None]:
-        return _acknowledged(self.send(record))
+    async def append(self, record: EntryAppended) -> None:
+        sent_at = self._clock()
+        if not self.lease.held_at(sent_at):
+            raise LeaseLost(
+                f"lease of attempt {record.attempt} ran out before step {record.entry.index}"
+            )
+        await self.send(record)
+        if not self.lease.held_at(self._clock()):
+            raise LeaseLost(f"step {record.entry.index} acknowledged after the lease ran out")
+        self.lease = self.lease.renewed(sent_at)
 
     def send(self, record: JournalRecord) -> asyncio.Future[Message]:
         # Sent here, synchronously, so that records leave in the order they were
@@ -66,10 +89,6 @@ class KafkaJournalWriter:
             partition=self._destination.partition,
             headers=inject_headers(),  # the current span: the attempt, or its `run` step
         )
-
-
-async def _acknowledged(acked: asyncio.Future[Message]) -> None:
-    await acked
 
 
 def _log_if_lost(acked: asyncio.Future[Message]) -> None:
@@ -106,18 +125,22 @@ class Invoker:
         codec: WireCodec,
         journal_topic: str,
         tracer: trace.Tracer,
+        lease_timeout_ms: int,
+        lease_margin_ms: int,
     ) -> None:
         self._services: Mapping[str, Service] = {s.name: s for s in services}
         self._producer = producer
         self._codec = codec
         self._journal_topic = journal_topic
         self._tracer = tracer
+        self._lease_timeout_ms = lease_timeout_ms
+        self._lease_margin_ms = lease_margin_ms
 
     def find(self, order: DispatchOrder) -> Handler | None:
         service = self._services.get(order.request.target.service)
         return service.find(order.request.target.handler) if service is not None else None
 
-    async def invoke(self, order: DispatchOrder, partition: int) -> None:
+    async def invoke(self, order: DispatchOrder, partition: int, dispatched_at_ms: int) -> None:
         """Run attempt `order.attempt` and append its outcome to journal `partition`.
 
         Exceptions of the handler become the outcome; only `BaseException`s that are not
@@ -128,7 +151,16 @@ class Invoker:
         destination = JournalPartition(
             self._journal_topic, partition, request.partition_key.encode()
         )
-        writer = KafkaJournalWriter(self._producer, self._codec, destination)
+        lease = AttemptLease(dispatched_at_ms, self._lease_timeout_ms, self._lease_margin_ms)
+        if not lease.held_at(wall_clock_ms()):
+            # Waited in `dispatch` past its lease: the scheduler fences it and dispatches
+            # the next attempt; running this one would only race that one.
+            log.info(
+                "dispatch skipped: its lease ran out before a slot was free",
+                extra={"invocation_id": request.id, "attempt": order.attempt},
+            )
+            return
+        writer = KafkaJournalWriter(self._producer, self._codec, destination, lease)
         with self._tracer.start_as_current_span(
             f"attempt {request.target}",
             context=extract_context(request.headers),
@@ -144,6 +176,14 @@ class Invoker:
         ) as span:
             try:
                 record = await self._attempt(order, writer, span)
+            except LeaseLost as lost:
+                span.set_status(Status(StatusCode.ERROR, str(lost)))
+                log.info(
+                    "attempt abandoned: %s",
+                    lost,
+                    extra={"invocation_id": request.id, "attempt": order.attempt},
+                )
+                return
             except asyncio.CancelledError:
                 stopped = Failure("the worker stopped before the attempt finished", "Cancelled")
                 # Not awaited: the worker flushes the producer on its way out.

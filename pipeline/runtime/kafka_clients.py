@@ -48,6 +48,9 @@ def worker_consumer_config(settings: Settings) -> ClientConfig:
         "fetch.min.bytes": 1,
         "client.id": "pipeline-worker",
         "socket.nagle.disable": True,
+        # With an instance id, a restarted worker takes its partitions back at once
+        # instead of every worker waiting for the dead one's session to time out.
+        **settings.membership("worker"),
     }
 
 

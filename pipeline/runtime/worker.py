@@ -123,6 +123,8 @@ class Worker:
             codec=self._codec,
             journal_topic=self._topics.journal,
             tracer=self._tracer,
+            lease_timeout_ms=self._settings.lease_timeout_ms,
+            lease_margin_ms=self._settings.lease_margin_ms,
         )
         running: set[asyncio.Task[None]] = set()
         try:
@@ -206,7 +208,7 @@ class Worker:
                 },
             )
             return
-        await invoker.invoke(order, partition)
+        await invoker.invoke(order, partition, msg.timestamp()[1])
 
     async def _drain(self, running: set[asyncio.Task[None]]) -> None:
         """Let running attempts finish within the grace period, then cancel the rest."""

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
-from pipeline.core.model import InvocationRequest, ResultStatus
+from pipeline.core.model import InvocationRequest, InvocationResult, ResultStatus
 from tests.support.runtime import runtime_settings
 from topics.provision import provision
 
@@ -30,7 +30,7 @@ KILLS = 6
 def test_kill_9_loses_nothing_and_duplicates_nothing(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    settings = runtime_settings(kafka_bootstrap, topic_prefix, lease_timeout_ms=4_000)
+    settings = runtime_settings(kafka_bootstrap, topic_prefix, lease_timeout_ms=5_000)
     provision(kafka_bootstrap, settings.catalogue)
     crash_log = tmp_path / "steps.log"
     env = {
@@ -39,7 +39,7 @@ def test_kill_9_loses_nothing_and_duplicates_nothing(
         "PIPELINE_TOPIC_PREFIX": topic_prefix,
         "PIPELINE_RUNTIME_PARTITIONS": "4",
         "PIPELINE_RESULTS_PARTITIONS": "4",
-        "PIPELINE_LEASE_TIMEOUT_MS": "4000",
+        "PIPELINE_LEASE_TIMEOUT_MS": "5000",
         "PIPELINE_INSTANCE_ID": "crash",
         "CRASH_LOG": str(crash_log),
     }
@@ -91,14 +91,19 @@ def test_kill_9_loses_nothing_and_duplicates_nothing(
         for handle in logs.values():
             handle.close()
 
-    counts = Counter(invocation_id for invocation_id, _ in results)
+    counts = Counter(r.invocation_id for r in results)
     missing = {r.id for r in requests} - set(counts)
     assert not missing, f"{len(missing)} invocations have no result, e.g. {sorted(missing)[:3]}"
     duplicated = {i: n for i, n in counts.items() if n > 1}
     assert not duplicated, (
         f"{len(duplicated)} invocations have several results, e.g. {sorted(duplicated.items())[:5]}"
     )
-    assert all(status is ResultStatus.COMPLETED for _, status in results)
+    failed = [r for r in results if r.status is not ResultStatus.COMPLETED]
+    assert not failed, f"{len(failed)} failed, e.g. {failed[:3]}"
+    # The kills hit work in flight: some invocations needed a second attempt.
+    retried = sum(1 for r in results if r.attempts > 1)
+    print(f"{retried} of {INVOCATIONS} invocations needed more than one attempt")
+    assert retried > 0
 
     # A step may run twice only if its first run's result never reached the handler.
     seen: set[tuple[str, str]] = set()
@@ -117,6 +122,7 @@ def test_kill_9_loses_nothing_and_duplicates_nothing(
         f"{sorted(re_executed.items())[:5]}"
     )
     assert executions >= 3 * INVOCATIONS
+    print(f"{executions - 3 * INVOCATIONS} step executions repeated (results never seen)")
 
 
 def _send_paced(client: Client, requests: list[InvocationRequest]) -> None:
@@ -126,9 +132,7 @@ def _send_paced(client: Client, requests: list[InvocationRequest]) -> None:
         time.sleep(0.1)
 
 
-def _read_results(
-    settings: object, expected: set[str], timeout_s: float
-) -> list[tuple[str, ResultStatus]]:
+def _read_results(settings: object, expected: set[str], timeout_s: float) -> list[InvocationResult]:
     from pipeline.settings import Settings
 
     assert isinstance(settings, Settings)
@@ -143,7 +147,7 @@ def _read_results(
     )
     topic = settings.topic_names.results
     consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.results_partitions)])
-    results: list[tuple[str, ResultStatus]] = []
+    results: list[InvocationResult] = []
     seen: set[str] = set()
     deadline = time.monotonic() + timeout_s
     quiet_until: float | None = None
@@ -152,7 +156,7 @@ def _read_results(
             message = consumer.poll(0.5)
             if message is not None and message.error() is None:
                 result = codec.decode_result(message.value() or b"")
-                results.append((result.invocation_id, result.status))
+                results.append(result)
                 seen.add(result.invocation_id)
                 continue
             if expected <= seen:

@@ -86,7 +86,9 @@ def register(settings: Settings, services: Sequence[Service]) -> None:
     for service in services:
         definition = service.definition()
         producer.produce(
-            settings.topic_names.services, codec.encode_service(definition), definition.name.encode()
+            settings.topic_names.services,
+            codec.encode_service(definition),
+            definition.name.encode(),
         )
     assert producer.flush(30) == 0
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
+import uuid
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -45,6 +45,7 @@ from pipeline.core.scheduler import (
     decide,
 )
 from pipeline.errors import DecodeError
+from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.scheduler.partition_state import (
     INVOCATION_PREFIX,
     QUEUE_PREFIX,
@@ -57,10 +58,6 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class SchedulerProcessor:
@@ -81,6 +78,7 @@ class SchedulerProcessor:
         self._producer: Producer | None = None
         self._registry: ServiceRegistry | None = None
         self._offsets: dict[tuple[str, int], int] = {}
+        self._instance = settings.instance_id or uuid.uuid4().hex[:12]
 
     # -- configuration ---------------------------------------------------------------
 
@@ -91,9 +89,7 @@ class SchedulerProcessor:
         return {
             **self._base_config(),
             "group.id": self._names.group("scheduler"),
-            # Static membership: a restarted scheduler takes its partitions back at once
-            # instead of waiting for its dead predecessor's session to time out.
-            "group.instance.id": f"scheduler-{self._settings.instance_id}",
+            **self._settings.membership("scheduler"),
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
@@ -101,7 +97,6 @@ class SchedulerProcessor:
             # co-partitioning the per-partition state relies on.
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 10,
-            "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
         }
 
@@ -116,7 +111,7 @@ class SchedulerProcessor:
     def _producer_config(self) -> dict[str, object]:
         return {
             **self._base_config(),
-            "transactional.id": f"{self._names.group('scheduler')}-{self._settings.instance_id}",
+            "transactional.id": f"{self._names.group('scheduler')}-{self._instance}",
             # Bounds how long readers stall behind the open transaction of a process
             # that died and is never restarted under the same instance id.
             "transaction.timeout.ms": 10_000,
@@ -140,7 +135,7 @@ class SchedulerProcessor:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
-        log.info("scheduler %s started", self._settings.instance_id)
+        log.info("scheduler %s started", self._instance)
         try:
             while not stop.is_set():
                 registry.poll()
