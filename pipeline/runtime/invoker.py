@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Message
@@ -60,13 +60,20 @@ class KafkaJournalWriter:
         codec: WireCodec,
         destination: JournalPartition,
         lease: AttemptLease,
+        committed: Awaitable[bool],
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
+        self._committed = committed
         self._producer = producer
         self._codec = codec
         self._destination = destination
         self.lease = lease
         self._clock = clock
+
+    async def ready(self) -> None:
+        if not await self._committed:
+            # The dispatch may be delivered again; a step run now could then run twice.
+            raise LeaseLost("the dispatch offset could not be committed")
 
     async def append(self, record: EntryAppended) -> None:
         sent_at = self._clock()
@@ -140,7 +147,13 @@ class Invoker:
         service = self._services.get(order.request.target.service)
         return service.find(order.request.target.handler) if service is not None else None
 
-    async def invoke(self, order: DispatchOrder, partition: int, dispatched_at_ms: int) -> None:
+    async def invoke(
+        self,
+        order: DispatchOrder,
+        partition: int,
+        dispatched_at_ms: int,
+        committed: Awaitable[bool],
+    ) -> None:
         """Run attempt `order.attempt` and append its outcome to journal `partition`.
 
         Exceptions of the handler become the outcome; only `BaseException`s that are not
@@ -160,7 +173,7 @@ class Invoker:
                 extra={"invocation_id": request.id, "attempt": order.attempt},
             )
             return
-        writer = KafkaJournalWriter(self._producer, self._codec, destination, lease)
+        writer = KafkaJournalWriter(self._producer, self._codec, destination, lease, committed)
         with self._tracer.start_as_current_span(
             f"attempt {request.target}",
             context=extract_context(request.headers),

@@ -4,24 +4,27 @@ Per batch of dispatch records, in this order:
 
 1. Fetch at most as many records as there are free slots (backpressure: a busy worker
    leaves records in Kafka for idle ones).
-2. Commit the offsets past the batch, synchronously.
-3. Only then start one task per record; each journals its steps and its outcome to the
-   journal partition with the dispatch record's partition number.
+2. Start committing the offsets past the batch.
+3. Start one task per record; each journals its steps and its outcome to the journal
+   partition with the dispatch record's partition number. A handler's first new step
+   waits until the commit of step 2 has landed (and abandons the attempt if it failed).
 
-Step 2 before step 3 is what keeps `ctx.run` steps from running twice. Were a dispatch
+The commit before any step is what keeps `ctx.run` steps from running twice. Were a dispatch
 redelivered after its attempt had started (crash, rebalance), the same attempt would
 run again with the journal of the dispatch order, which lacks the steps the lost run
 had already had acknowledged, and would execute them again. Committing first means a
 dispatch is lost instead of repeated; a lost one is recovered by the scheduler: the
 attempt's lease expires, the scheduler fences the attempt through the journal, and
-dispatches the next attempt with the full journal.
+dispatches the next attempt with the full journal. A handler that completes without a
+new step may be run twice by a redelivery; its second outcome is for an attempt that is
+no longer running, and the scheduler ignores it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from confluent_kafka import Message
 from opentelemetry import trace
@@ -179,18 +182,19 @@ class Worker:
         batch = await consumer.poll_batch(free, _POLL_TIMEOUT_S)
         if not batch:
             return
-        # Commit first, run second: see the module docstring for why.
-        committed = await consumer.commit(batch)
+        # Handlers start now; their first new step waits for this commit (module
+        # docstring), so a handler without steps does not pay for it.
+        commit = asyncio.ensure_future(consumer.commit(batch))
         for msg in batch:
-            topic, partition, _ = position(msg)
-            if (topic, partition) not in committed:
-                continue
-            task = asyncio.create_task(self._run_dispatch(invoker, msg))
+            committed = asyncio.ensure_future(_committed(commit, msg))
+            task = asyncio.create_task(self._run_dispatch(invoker, msg, committed))
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(_log_crash)
 
-    async def _run_dispatch(self, invoker: Invoker, msg: Message) -> None:
+    async def _run_dispatch(
+        self, invoker: Invoker, msg: Message, committed: Awaitable[bool]
+    ) -> None:
         _, partition, offset = position(msg)
         value = msg.value()
         try:
@@ -208,7 +212,7 @@ class Worker:
                 },
             )
             return
-        await invoker.invoke(order, partition, msg.timestamp()[1])
+        await invoker.invoke(order, partition, msg.timestamp()[1], committed)
 
     async def _drain(self, running: set[asyncio.Task[None]]) -> None:
         """Let running attempts finish within the grace period, then cancel the rest."""
@@ -228,3 +232,8 @@ def _log_crash(task: asyncio.Task[None]) -> None:
     # bug in the worker, and the attempt is left to its lease.
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("dispatch task crashed", exc_info=exc)
+
+
+async def _committed(commit: asyncio.Future[set[tuple[str, int]]], msg: Message) -> bool:
+    topic, partition, _ = position(msg)
+    return (topic, partition) in await asyncio.shield(commit)

@@ -38,6 +38,14 @@ T = TypeVar("T")
 class JournalWriter(Protocol):
     """Where `ctx.run` sends the journal entries of new steps (Kafka, in the worker)."""
 
+    def ready(self) -> Awaitable[None]:
+        """Completes once a new step may execute; raises if none may.
+
+        The worker lets a handler start before its dispatch's offset commit has landed
+        and holds the first new step here until it has.
+        """
+        ...
+
     def append(self, record: EntryAppended) -> Awaitable[None]:
         """Send `record` now, ordered after every record appended before it.
 
@@ -171,6 +179,7 @@ class Context:
         previous: asyncio.Event | None,
     ) -> T:
         self._raise_if_broken(index, name)
+        await self._writer.ready()
         try:
             outcome = action()
             value = await outcome if inspect.isawaitable(outcome) else outcome

@@ -325,7 +325,7 @@ def test_an_attempt_still_running_at_shutdown_is_reported_failed(
     assert "stopped" in journal[0].failure.message
 
 
-def test_offsets_are_committed_before_a_handler_starts_and_only_for_free_slots(
+def test_offsets_are_committed_before_a_step_runs_and_only_for_free_slots(
     kafka_bootstrap: str, topic_prefix: str, codec: WireCodec, spans: InMemorySpanExporter
 ) -> None:
     settings = Settings(
@@ -346,8 +346,11 @@ def test_offsets_are_committed_before_a_handler_starts_and_only_for_free_slots(
 
     @checkout.handler()
     async def hold(ctx: Context) -> None:
-        [committed] = await asyncio.to_thread(offsets.committed, [dispatch_partition], 10.0)
-        seen_committed[ctx.invocation_id] = committed.offset
+        async def observe() -> None:
+            [committed] = await asyncio.to_thread(offsets.committed, [dispatch_partition], 10.0)
+            seen_committed[ctx.invocation_id] = committed.offset
+
+        await ctx.run("observe", observe)
         await asyncio.to_thread(release.wait, TIMEOUT_S)
 
     try:

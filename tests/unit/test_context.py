@@ -37,6 +37,9 @@ class MemoryJournal:
         self.acks: list[asyncio.Future[None]] = []
         self._hold_acks = hold_acks
 
+    async def ready(self) -> None:
+        return None
+
     def append(self, record: EntryAppended) -> Awaitable[None]:
         self.records.append(record)
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()

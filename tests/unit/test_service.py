@@ -21,6 +21,9 @@ from pipeline.sdk import BytesSerde, Context, JsonSerde
 
 
 class NoJournal:
+    async def ready(self) -> None:
+        return None
+
     def append(self, record: EntryAppended) -> Awaitable[None]:
         raise AssertionError("these handlers take no steps")
 

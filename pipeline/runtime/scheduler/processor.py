@@ -97,6 +97,7 @@ class SchedulerProcessor:
             # co-partitioning the per-partition state relies on.
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 10,
+            "socket.nagle.disable": True,
             "heartbeat.interval.ms": 1_000,
         }
 
@@ -115,8 +116,14 @@ class SchedulerProcessor:
             # Bounds how long readers stall behind the open transaction of a process
             # that died and is never restarted under the same instance id.
             "transaction.timeout.ms": 10_000,
+            # A transaction begun right after the last one's commit gets
+            # CONCURRENT_TRANSACTIONS until the broker wrote the markers; the default
+            # 100 ms backoff before retrying would stall every busy batch.
+            "retry.backoff.ms": 5,
+            "retry.backoff.max.ms": 50,
             "linger.ms": 1,
             "batch.num.messages": 10_000,
+            "socket.nagle.disable": True,
         }
 
     # -- the loop --------------------------------------------------------------------
