@@ -1,0 +1,111 @@
+"""What an operator touches on the real broker: topic provisioning, the CLI, the Admin API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from fastapi.testclient import TestClient
+
+from admin_api import create_app
+from pipeline.client import Client
+from pipeline.codec.records import WireCodec
+from pipeline.examples.greeter import service as greeter
+from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
+from pipeline.settings import Settings
+from tests.support.runtime import running_pipeline, runtime_settings
+from topics.provision import TopicMismatch, provision
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, topic_prefix: str) -> Iterator[Settings]:
+    settings = runtime_settings(kafka_bootstrap, topic_prefix)
+    with running_pipeline(settings, [greeter]):
+        yield settings
+
+
+def test_provisioning_is_idempotent_and_refuses_a_mismatch(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    settings = runtime_settings(kafka_bootstrap, topic_prefix)
+    created = provision(kafka_bootstrap, settings.catalogue)
+    assert sorted(created) == sorted(spec.name for spec in settings.catalogue.specs())
+    assert provision(kafka_bootstrap, settings.catalogue) == []
+
+    other = runtime_settings(kafka_bootstrap, topic_prefix + "x.")
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(other.topic_names.journal, 1, 1)])[
+        other.topic_names.journal
+    ].result(30)
+    with pytest.raises(TopicMismatch) as mismatch:
+        provision(kafka_bootstrap, other.catalogue)
+    assert f"{other.topic_names.journal!r} has 1 partitions, the catalogue says 4" in str(
+        mismatch.value
+    )
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
+        "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
+        "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_invokes_and_prints_results(settings: Settings) -> None:
+    waited = _cli(settings, "invoke", "Greeter/greet", "--data", '{"name": "Ada"}', "--wait")
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout)["greeting"] == "Hello, Ada!"
+
+    sent = _cli(settings, "invoke", "Greeter/greet", "--data", "{}", "--idempotency-key", "k")
+    invocation_id = sent.stdout.strip()
+    assert invocation_id == "idem:Greeter/greet:k"
+    got = _cli(settings, "results", "get", invocation_id)
+    result = json.loads(got.stdout)
+    assert result["status"] == "failed" and "non-empty" in result["error"]["message"]
+
+    bad = _cli(settings, "invoke", "Greeter/greet", "--data", "{not json")
+    assert bad.returncode == 2 and "--data is not valid JSON" in bad.stderr
+
+
+def test_admin_api_shows_an_invocation_from_the_changelog(settings: Settings) -> None:
+    with Client(settings) as client:
+        request = client.request("Greeter/greet", {"name": "Grace"})
+        client.call(request.target, {"name": "Grace"}, invocation_id=request.id)
+    codec = WireCodec()
+    state = SchedulerStateView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+    catalog = ServiceCatalogView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+    state.start()
+    catalog.start()
+    try:
+        assert state.wait_caught_up(30) and catalog.wait_caught_up(30)
+        app = create_app(settings, invocations=state, services=catalog)
+        token = settings.admin_api_tokens[0].get_secret_value()
+        http = TestClient(app, headers={"Authorization": f"Bearer {token}"})
+        deadline = time.monotonic() + 10
+        while (response := http.get(f"/invocations/{request.id}")).status_code == 404:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        body = response.json()
+        assert body["status"] == "completed" and body["attempts"] == 1
+        assert [(e["index"], e["name"]) for e in body["journal"]] == [(0, "compose"), (1, "draw")]
+        assert http.get("/services/Greeter").json()["name"] == "Greeter"
+    finally:
+        state.stop()
+        catalog.stop()
