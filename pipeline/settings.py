@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         ge=100,
         description="A running attempt that reports nothing for this long is fenced and retried.",
     )
+    retention_ms: int = Field(
+        default=24 * 3600 * 1000,
+        ge=0,
+        description="How long a finished invocation is remembered: its status stays "
+        "queryable and a request with its id or idempotency key is dropped as a duplicate.",
+    )
     lease_margin_ms: int = Field(
         default=1_000,
         ge=0,

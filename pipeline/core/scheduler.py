@@ -97,15 +97,21 @@ class DecisionContext:
     handler: HandlerDefinition | None
     lease_timeout_ms: int
     jitter: float  # drawn by the shell in [0, 1), for retry backoff
+    retention_ms: int = 24 * 3600 * 1000  # how long a finished invocation is remembered
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """`invocation`/`queue` are the new states, or None where nothing changed."""
+    """`invocation`/`queue` are the new states, or None where nothing changed.
+
+    `forget` drops the invocation from state: its retention ran out, and a request with
+    its id is a new invocation from then on.
+    """
 
     invocation: Invocation | None = None
     queue: VirtualQueue | None = None
     effects: tuple[Effect, ...] = ()
+    forget: bool = False
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -142,7 +148,11 @@ def _arrived(
         reason = f"no handler {request.target} is registered"
         failure = Failure(reason, "HandlerNotFound", terminal=True)
         failed = Invocation(
-            request, InvocationStatus.FAILED, finished_at_ms=ctx.now_ms, last_failure=failure
+            request,
+            InvocationStatus.FAILED,
+            finished_at_ms=ctx.now_ms,
+            last_failure=failure,
+            wake_at_ms=ctx.now_ms + ctx.retention_ms,
         )
         return Decision(
             invocation=failed,
@@ -207,7 +217,7 @@ def _journal(
             done = invocation.evolve(
                 status=transition(invocation.status, Transition.COMPLETE),
                 output=output,
-                wake_at_ms=None,
+                wake_at_ms=ctx.now_ms + ctx.retention_ms,
                 fence_requested=False,
                 finished_at_ms=ctx.now_ms,
             )
@@ -249,7 +259,7 @@ def _failed(
         case _:
             failed = base.evolve(
                 status=transition(invocation.status, Transition.FAIL),
-                wake_at_ms=None,
+                wake_at_ms=ctx.now_ms + ctx.retention_ms,
                 finished_at_ms=ctx.now_ms,
             )
             return Decision(failed, released, (EmitResult(_result(failed)),))
@@ -266,6 +276,8 @@ def _timer(invocation: Invocation | None, queue: VirtualQueue, ctx: DecisionCont
         )
         fenced = invocation.evolve(wake_at_ms=None, fence_requested=True)
         return Decision(fenced, effects=(AppendFence(fence, invocation.request.partition_key),))
+    if invocation.status.is_final:
+        return Decision(forget=True)
     if invocation.status is InvocationStatus.BACKING_OFF:
         pending = invocation.evolve(
             status=transition(invocation.status, Transition.RETRY_DUE), wake_at_ms=None

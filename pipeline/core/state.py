@@ -14,8 +14,9 @@ class Invocation:
 
     `attempt` is the number of the current (or last) attempt, 0 before the first
     dispatch. `wake_at_ms` is the single timer an invocation can have: the lease of the
-    running attempt, or the end of a backoff. `fence_requested` marks a lease fence that
-    was written to the journal and is not read back yet.
+    running attempt, the end of a backoff, or, once finished, the end of its retention.
+    `fence_requested` marks a lease fence that was written to the journal and is not
+    read back yet.
     """
 
     request: InvocationRequest

@@ -55,6 +55,7 @@ class Driver:
     invocations: dict[str, Invocation] = field(default_factory=dict)
     queues: dict[str, VirtualQueue] = field(default_factory=dict)
     effects: list[object] = field(default_factory=list)
+    forgotten: set[str] = field(default_factory=set)
 
     def send(self, event: Event, invocation_id: str) -> list[object]:
         invocation = self.invocations.get(invocation_id)
@@ -65,6 +66,9 @@ class Driver:
         decision = decide(
             invocation, queue, event, DecisionContext(self.now, self.handler, LEASE, 0.5)
         )
+        if decision.forget:
+            del self.invocations[invocation_id]
+            self.forgotten.add(invocation_id)
         if decision.invocation is not None:
             self.invocations[decision.invocation.id] = decision.invocation
         if decision.queue is not None:
@@ -193,6 +197,18 @@ def test_unknown_handler_is_dead_lettered_with_a_failed_result() -> None:
     assert results(effects)[0].result.status is ResultStatus.FAILED
 
 
+def test_a_finished_invocation_is_forgotten_after_its_retention() -> None:
+    d = Driver()
+    d.arrive("a")
+    d.journal(AttemptCompleted("a", 1, b"1"))
+    assert d.invocations["a"].wake_at_ms == DecisionContext(0, None, LEASE, 0).retention_ms
+    assert isinstance(d.arrive("a")[0], Ignored)  # a duplicate within the window
+    d.now = d.invocations["a"].wake_at_ms or 0
+    d.timers()
+    assert "a" not in d.invocations
+    assert isinstance(d.arrive("a")[0], Dispatch)  # past the window: a new invocation
+
+
 def test_retry_after_overrides_backoff() -> None:
     d = Driver()
     d.arrive("a")
@@ -242,7 +258,7 @@ def test_invariants_hold_for_any_event_sequence(steps: list[tuple[object, ...]])
         emitted = [e.result.invocation_id for e in results(d.effects)]
         assert len(emitted) == len(set(emitted))
         finished = {i for i, inv in d.invocations.items() if inv.status.is_final}
-        assert set(emitted) == finished
+        assert set(emitted) == finished | d.forgotten
         # The queue's counts are a fold of the invocations' statuses.
         queue = d.queues.get(str(TARGET_QUEUE), VirtualQueue(TARGET_QUEUE))
         statuses = [inv.status for inv in d.invocations.values()]

@@ -42,6 +42,10 @@ class PartitionState:
         if dirty:
             self.dirty_invocations.add(invocation.id)
 
+    def forget_invocation(self, invocation_id: str) -> None:
+        self.invocations.pop(invocation_id, None)
+        self.dirty_invocations.add(invocation_id)
+
     def put_queue(self, queue: VirtualQueue, *, dirty: bool = True) -> None:
         if queue.is_idle:
             self.queues.pop(queue.id, None)
@@ -63,8 +67,11 @@ class PartitionState:
                 due.append(invocation_id)
         return due
 
-    def take_changes(self) -> tuple[list[Invocation], list[tuple[QueueId, VirtualQueue | None]]]:
-        invocations = [self.invocations[i] for i in self.dirty_invocations]
+    def take_changes(
+        self,
+    ) -> tuple[list[tuple[str, Invocation | None]], list[tuple[QueueId, VirtualQueue | None]]]:
+        """What changed since the last call; None stands for deleted."""
+        invocations = [(i, self.invocations.get(i)) for i in self.dirty_invocations]
         queues = [(q, self.queues.get(q)) for q in self.dirty_queues]
         self.dirty_invocations.clear()
         self.dirty_queues.clear()

@@ -288,7 +288,7 @@ class SchedulerProcessor:
         queue = state.queue(request.queue_id)
         context = DecisionContext(now, handler, self._settings.lease_timeout_ms, self._rng.random())
         decision = decide(invocation, queue, event, context)
-        self._store(state, decision)
+        self._store(state, invocation_id, decision)
         self._execute(state, decision, source)
 
     def _handler(self, target: Target, *, refresh: bool) -> HandlerDefinition | None:
@@ -302,7 +302,9 @@ class SchedulerProcessor:
             handler = registry.handler(target)
         return handler
 
-    def _store(self, state: PartitionState, decision: Decision) -> None:
+    def _store(self, state: PartitionState, invocation_id: str, decision: Decision) -> None:
+        if decision.forget:
+            state.forget_invocation(invocation_id)
         if decision.invocation is not None:
             state.put_invocation(decision.invocation)
         if decision.queue is not None:
@@ -341,12 +343,12 @@ class SchedulerProcessor:
         changelog = self._names.scheduler_state
         for state in self._states.values():
             invocations, queues = state.take_changes()
-            for invocation in invocations:
+            for invocation_id, invocation in invocations:
                 self._produce(
                     changelog,
                     state.partition,
-                    INVOCATION_PREFIX + invocation.id,
-                    self._codec.encode_invocation_state(invocation),
+                    INVOCATION_PREFIX + invocation_id,
+                    None if invocation is None else self._codec.encode_invocation_state(invocation),
                 )
             for queue_id, queue in queues:
                 key = str(queue_id)
