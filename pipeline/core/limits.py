@@ -1,0 +1,158 @@
+"""Limit rules and which one governs a virtual queue; GCRA for rate limits.
+
+Exactly one rule governs a queue: the most specific pattern that matches it. A rule
+with a `*` is a template: it gives each queue it matches a budget of its own, never
+one budget shared by all of them.
+
+| pattern        | matches the queue (scope, limit key)              | specificity |
+|----------------|---------------------------------------------------|-------------|
+| `s/L1/L2`      | exactly (s, L1/L2)                                | 6           |
+| `s/L1/*`       | (s, L1/x) for any x                               | 5           |
+| `s/L1`         | (s, L1) and (s, L1/x)                             | 4           |
+| `s/*`          | (s, any limit key)                                | 3           |
+| `s`            | every queue of scope s                            | 2           |
+| `*`            | every queue                                       | 1           |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pipeline.core.model import QueueId, validate_limit_key, validate_scope
+from pipeline.errors import ValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class RulePattern:
+    scope: str | None  # None: `*`
+    l1: str | None = None  # None: the whole scope; "*": any
+    l2: str | None = None  # None: L1 and below; "*": any L2 under L1
+
+    @classmethod
+    def parse(cls, text: str) -> RulePattern:
+        if text == "*":
+            return cls(None)
+        parts = text.split("/")
+        if len(parts) > 3 or any(not p for p in parts):
+            raise ValidationError(
+                f"rule pattern {text!r} is not valid: write *, scope, scope/*, scope/L1, "
+                "scope/L1/* or scope/L1/L2"
+            )
+        validate_scope(parts[0])
+        if len(parts) == 1:
+            return cls(parts[0])
+        if parts[1] == "*":
+            if len(parts) == 3:
+                raise ValidationError(f"rule pattern {text!r}: nothing may follow scope/*")
+            return cls(parts[0], "*")
+        validate_limit_key(parts[1])
+        if len(parts) == 2:
+            return cls(parts[0], parts[1])
+        if parts[2] != "*":
+            validate_limit_key(parts[2])
+        return cls(parts[0], parts[1], parts[2])
+
+    def __str__(self) -> str:
+        return "/".join(
+            p for p in ("*" if self.scope is None else self.scope, self.l1, self.l2) if p
+        )
+
+    @property
+    def specificity(self) -> int:
+        if self.scope is None:
+            return 1
+        if self.l1 is None:
+            return 2
+        if self.l1 == "*":
+            return 3
+        if self.l2 is None:
+            return 4
+        return 5 if self.l2 == "*" else 6
+
+    def matches(self, queue: QueueId) -> bool:
+        if self.scope is None:
+            return True
+        if queue.scope != self.scope:
+            return False
+        if self.l1 is None:
+            return True
+        l1, _, l2 = queue.limit_key.partition("/")
+        if self.l1 == "*":
+            return True
+        if l1 != self.l1:
+            return False
+        if self.l2 is None:
+            return True
+        if self.l2 == "*":
+            return bool(l2)
+        return l2 == self.l2
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRule:
+    """Limits for each queue the pattern governs; None means no limit of that kind."""
+
+    id: str
+    pattern: RulePattern
+    concurrency: int | None = None
+    rate_per_s: float | None = None
+    burst: int = 1
+    weight: int = 1
+    max_queued: int | None = None
+    hold_while_suspended: bool = False
+    paused: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValidationError("rule id must not be empty")
+        if self.concurrency is not None and self.concurrency < 0:
+            raise ValidationError(f"rule {self.id!r}: concurrency {self.concurrency} must be >= 0")
+        if self.rate_per_s is not None and not 0 < self.rate_per_s < math.inf:
+            raise ValidationError(f"rule {self.id!r}: rate {self.rate_per_s}/s must be > 0")
+        if self.burst < 1:
+            raise ValidationError(f"rule {self.id!r}: burst {self.burst} must be >= 1")
+        if self.weight < 1:
+            raise ValidationError(f"rule {self.id!r}: weight {self.weight} must be >= 1")
+        if self.max_queued is not None and self.max_queued < 0:
+            raise ValidationError(f"rule {self.id!r}: max_queued {self.max_queued} must be >= 0")
+
+
+def governing_rule(rules: Iterable[LimitRule], queue: QueueId) -> LimitRule | None:
+    """The most specific matching rule; among equals, the one with the smallest id."""
+    best: LimitRule | None = None
+    for rule in rules:
+        if not rule.pattern.matches(queue):
+            continue
+        if (
+            best is None
+            or rule.pattern.specificity > best.pattern.specificity
+            or (rule.pattern.specificity == best.pattern.specificity and rule.id < best.id)
+        ):
+            best = rule
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    """GCRA: the theoretical arrival time of the next start, in milliseconds."""
+
+    tat_ms: float = 0.0
+
+
+def gcra_next_start_ms(state: RateState, rate_per_s: float, burst: int, now_ms: int) -> float:
+    """The earliest instant a start conforms: `now` when it may start at once.
+
+    Each start is spaced by 1/rate; up to `burst` starts may come at once. Excess waits
+    (the caller keeps it queued until then); it is never dropped.
+    """
+    interval = 1000.0 / rate_per_s
+    tolerance = interval * (burst - 1)
+    tat = max(state.tat_ms, float(now_ms))
+    return max(float(now_ms), tat - tolerance)
+
+
+def gcra_started(state: RateState, rate_per_s: float, now_ms: int) -> RateState:
+    """The state after a start at `now` (which must conform)."""
+    return RateState(max(state.tat_ms, float(now_ms)) + 1000.0 / rate_per_s)

@@ -1,0 +1,79 @@
+"""Limit rule patterns, the most specific rule, and GCRA's bound on starts."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.core.limits import (
+    LimitRule,
+    RateState,
+    RulePattern,
+    gcra_next_start_ms,
+    gcra_started,
+    governing_rule,
+)
+from pipeline.core.model import QueueId
+from pipeline.errors import ValidationError
+
+PATTERNS = ["*", "acme", "acme/*", "acme/team-7", "acme/team-7/*", "acme/team-7/user-42"]
+
+
+@pytest.mark.parametrize("text", PATTERNS)
+def test_patterns_round_trip(text: str) -> None:
+    assert str(RulePattern.parse(text)) == text
+
+
+@pytest.mark.parametrize("text", ["", "acme/", "/x", "a/b/c/d", "acme/*/x", "bad scope"])
+def test_bad_patterns_name_the_pattern(text: str) -> None:
+    with pytest.raises(ValidationError, match=r"pattern|scope|limit key"):
+        RulePattern.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("queue", "winner"),
+    [
+        (QueueId("acme", "team-7/user-42"), "acme/team-7/user-42"),
+        (QueueId("acme", "team-7/user-1"), "acme/team-7/*"),
+        (QueueId("acme", "team-7"), "acme/team-7"),
+        (QueueId("acme", "team-8"), "acme/*"),
+        (QueueId("other", "x"), "*"),
+    ],
+)
+def test_the_most_specific_rule_governs(queue: QueueId, winner: str) -> None:
+    rules = [
+        LimitRule(f"r{i}", RulePattern.parse(p), concurrency=i) for i, p in enumerate(PATTERNS)
+    ]
+    rule = governing_rule(rules, queue)
+    assert rule is not None and str(rule.pattern) == winner
+
+
+def test_a_scope_rule_covers_the_scope_default_queue_but_scope_star_does_not() -> None:
+    scope_rule = LimitRule("s", RulePattern.parse("acme"))
+    star_rule = LimitRule("t", RulePattern.parse("acme/*"))
+    default_queue = QueueId("acme", "Greeter")
+    assert governing_rule([scope_rule], default_queue) is scope_rule
+    assert governing_rule([star_rule, scope_rule], default_queue) is star_rule
+
+
+@given(
+    rate=st.floats(0.5, 500),
+    burst=st.integers(1, 20),
+    arrivals=st.lists(st.integers(0, 2_000), min_size=1, max_size=200),
+    window=st.integers(1, 5_000),
+)
+def test_gcra_starts_in_any_window_at_most_rate_times_t_plus_burst(
+    rate: float, burst: int, arrivals: list[int], window: int
+) -> None:
+    """Start every request as early as GCRA allows; count starts in every window."""
+    state, now, starts = RateState(), 0, []
+    for gap in arrivals:
+        now += gap
+        at = gcra_next_start_ms(state, rate, burst, now)
+        assert at >= now
+        state = gcra_started(state, rate, int(at) if at == int(at) else int(at) + 1)
+        starts.append(int(at) if at == int(at) else int(at) + 1)
+    for i, first in enumerate(starts):
+        in_window = sum(1 for s in starts[i:] if s < first + window)
+        assert in_window <= rate * window / 1000 + burst
