@@ -26,13 +26,16 @@ from admin_api.models import (
     FieldError,
     HealthResponse,
     InvocationResponse,
+    ResumeResponse,
     ServiceListResponse,
     ServiceResponse,
     invocation_response,
     service_list_response,
     service_response,
 )
-from admin_api.ports import InvocationReader, ServiceReader
+from admin_api.ports import InvocationCommands, InvocationReader, ServiceReader
+from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.state import Invocation
 from pipeline.errors import (
     ConflictError,
     NotFoundError,
@@ -46,7 +49,8 @@ log = logging.getLogger(__name__)
 
 _DESCRIPTION = """\
 Inspect what pipeline runs: invocations with their journal and last error, and the
-services that worker deployments announce.
+services that worker deployments announce. Resume invocations that paused after their
+last retry.
 
 Every route except `/health` needs a bearer token from `PIPELINE_ADMIN_API_TOKENS`,
 sent as `Authorization: Bearer <token>`.
@@ -77,14 +81,26 @@ _AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
 _MAX_INVOCATION_ID = 1024
 _MAX_SERVICE_NAME = 128
 
+# Module level, like the bearer scheme, so that FastAPI can resolve the annotation.
+# `:path` in the routes because derived ids contain slashes (`idem:Service/handler:key`).
+_InvocationId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=_MAX_INVOCATION_ID,
+        description="The id returned when the invocation was submitted.",
+    ),
+]
+
 
 def create_app(
     settings: Settings,
     *,
     invocations: InvocationReader,
     services: ServiceReader,
+    commands: InvocationCommands,
 ) -> FastAPI:
-    """Build the Admin API over the given readers; nothing runs until a server serves it."""
+    """Build the Admin API over the given ports; nothing runs until a server serves it."""
     app = FastAPI(
         title="pipeline Admin API",
         description=_DESCRIPTION,
@@ -100,41 +116,35 @@ def create_app(
         return HealthResponse()
 
     require_token = _bearer_auth(_accepted_tokens(settings))
-    app.include_router(
+    for router in (
         _inspection_routes(invocations, services),
-        dependencies=[Depends(require_token)],
-        responses=_AUTH_RESPONSES,
-    )
+        _command_routes(invocations, commands),
+    ):
+        app.include_router(router, dependencies=[Depends(require_token)], responses=_AUTH_RESPONSES)
     return app
+
+
+def _known_invocation(invocations: InvocationReader, invocation_id: str) -> Invocation:
+    invocation = invocations.invocation(invocation_id)
+    if invocation is None:
+        raise NotFoundError(
+            f"invocation {invocation_id!r} does not exist: check the id (it is "
+            "case-sensitive and is the one returned when the invocation was submitted)"
+        )
+    return invocation
 
 
 def _inspection_routes(invocations: InvocationReader, services: ServiceReader) -> APIRouter:
     router = APIRouter()
 
-    # `:path` because derived ids contain slashes (e.g. `idem:Service/handler:key`).
     @router.get(
         "/invocations/{invocation_id:path}",
         summary="Inspect one invocation: status, attempts, queue, journal, last error",
         tags=["invocations"],
         responses={404: {"model": ErrorResponse, "description": "No such invocation."}},
     )
-    def get_invocation(
-        invocation_id: Annotated[
-            str,
-            Path(
-                min_length=1,
-                max_length=_MAX_INVOCATION_ID,
-                description="The id returned when the invocation was submitted.",
-            ),
-        ],
-    ) -> InvocationResponse:
-        invocation = invocations.invocation(invocation_id)
-        if invocation is None:
-            raise NotFoundError(
-                f"invocation {invocation_id!r} does not exist: check the id (it is "
-                "case-sensitive and is the one returned when the invocation was submitted)"
-            )
-        return invocation_response(invocation)
+    def get_invocation(invocation_id: _InvocationId) -> InvocationResponse:
+        return invocation_response(_known_invocation(invocations, invocation_id))
 
     @router.get(
         "/services",
@@ -160,6 +170,44 @@ def _inspection_routes(invocations: InvocationReader, services: ServiceReader) -
                 "them) and that a worker deployment serving it has started"
             )
         return service_response(service)
+
+    return router
+
+
+def _command_routes(invocations: InvocationReader, commands: InvocationCommands) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/invocations/{invocation_id:path}/resume",
+        summary="Resume a paused invocation: its next attempt replays the journal",
+        description=(
+            "For an invocation paused after its last retry (`on_exhausted=pause`). "
+            "Answers once the command is durable in Kafka; the scheduler then starts "
+            "the next attempt, which replays the journal so completed steps do not run "
+            "again. The status shown here may lag the scheduler by a moment; a repeated "
+            "resume of an invocation that is no longer paused is ignored."
+        ),
+        tags=["invocations"],
+        status_code=202,
+        responses={
+            202: {"description": "Resume requested: the command is durable."},
+            404: {"model": ErrorResponse, "description": "No such invocation."},
+            409: {"model": ErrorResponse, "description": "The invocation is not paused."},
+            503: {
+                "model": ErrorResponse,
+                "description": "Kafka did not acknowledge the command in time; retry.",
+            },
+        },
+    )
+    def resume_invocation(invocation_id: _InvocationId) -> ResumeResponse:
+        invocation = _known_invocation(invocations, invocation_id)
+        if invocation.status is not InvocationStatus.PAUSED:
+            raise ConflictError(
+                f"invocation {invocation_id!r} is {invocation.status.value}; "
+                "only a paused invocation can be resumed"
+            )
+        commands.resume(invocation)
+        return ResumeResponse(invocation_id=invocation.id)
 
     return router
 

@@ -84,6 +84,15 @@ class InvocationResponse(_Response):
     output_size_bytes: int | None = Field(description="Size of the output once completed.")
 
 
+class ResumeResponse(_Response):
+    invocation_id: str
+    status: Literal["resume-requested"] = Field(
+        default="resume-requested",
+        description="The command is durable; the scheduler starts the next attempt when it "
+        "reads it. GET the invocation to follow it.",
+    )
+
+
 class RetryPolicyModel(_Response):
     max_attempts: int
     initial_interval_ms: int

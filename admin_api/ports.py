@@ -1,7 +1,8 @@
-"""What the Admin API reads, as narrow Protocols.
+"""What the Admin API reads and sends, as narrow Protocols.
 
-The materialized views in `pipeline.runtime.views` satisfy these structurally; tests
-pass small in-memory readers instead of a broker.
+The materialized views in `pipeline.runtime.views` and the producer in
+`pipeline.runtime.commands` satisfy these structurally; tests pass small in-memory
+objects instead of a broker.
 """
 
 from __future__ import annotations
@@ -25,4 +26,13 @@ class ServiceReader(Protocol):
 
     def service(self, name: str) -> ServiceDefinition | None:
         """The service with this name, or None when none is announced."""
+        ...
+
+
+class InvocationCommands(Protocol):
+    def resume(self, invocation: Invocation) -> None:
+        """Send a resume command for this invocation; return once it is durable.
+
+        Raises `RetryableError` when the command could not be made durable in time.
+        """
         ...

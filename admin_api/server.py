@@ -1,4 +1,5 @@
-"""Run the Admin API: start the views it reads, serve it with uvicorn, stop the views.
+"""Run the Admin API: start the views it reads and the producer it sends commands
+with, serve it with uvicorn, then stop the views and close the producer.
 
 `serve` owns the process and stops on SIGINT/SIGTERM. `serve_async` runs inside a host
 asyncio program such as `pipeline dev`, which owns the signals and says when to stop
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from admin_api.app import create_app
 from pipeline.codec.records import WireCodec
 from pipeline.errors import PipelineError, ValidationError
+from pipeline.runtime.commands import InvocationCommandProducer
 from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
 
@@ -36,17 +38,21 @@ class AdminApiStartupError(PipelineError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Views:
+class _Adapters:
+    """What the app's ports are bound to; the server owns their lifetime."""
+
     state: SchedulerStateView
     services: ServiceCatalogView
+    commands: InvocationCommandProducer
 
     def stop(self) -> None:
         self.state.stop()
         self.services.stop()
+        self.commands.close()
 
 
 def serve(settings: Settings, *, catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S) -> None:
-    """Serve the Admin API until SIGINT or SIGTERM, then stop the views and return."""
+    """Serve the Admin API until SIGINT or SIGTERM, then stop its adapters and return."""
     asyncio.run(_serve_until_signalled(settings, catch_up_timeout_s))
 
 
@@ -71,9 +77,9 @@ async def serve_async(
     catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S,
 ) -> None:
     """Serve the Admin API until `stop` is set; the host program owns the signals."""
-    views = await asyncio.to_thread(_start_views, settings, catch_up_timeout_s)
+    adapters = await asyncio.to_thread(_start_adapters, settings, catch_up_timeout_s)
     try:
-        server = _EmbeddedServer(_uvicorn_config(_app(settings, views), settings))
+        server = _EmbeddedServer(_uvicorn_config(_app(settings, adapters), settings))
         watcher = asyncio.create_task(_exit_when_set(server, stop), name="admin-api-stop")
         try:
             # Awaited here, not in a task: uvicorn's SystemExit on a failed start must be
@@ -88,7 +94,7 @@ async def serve_async(
         finally:
             watcher.cancel()
     finally:
-        await asyncio.to_thread(views.stop)
+        await asyncio.to_thread(adapters.stop)
 
 
 async def _exit_when_set(server: uvicorn.Server, stop: asyncio.Event) -> None:
@@ -104,7 +110,7 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-def _start_views(settings: Settings, catch_up_timeout_s: float) -> _Views:
+def _start_adapters(settings: Settings, catch_up_timeout_s: float) -> _Adapters:
     bootstrap = settings.kafka_bootstrap_servers
     if not bootstrap:
         raise ValidationError(
@@ -114,13 +120,14 @@ def _start_views(settings: Settings, catch_up_timeout_s: float) -> _Views:
     names, codec = settings.topic_names, WireCodec()
     state = SchedulerStateView(bootstrap, names, codec)
     services = ServiceCatalogView(bootstrap, names, codec)
-    state.start()
-    try:
+    with contextlib.ExitStack() as undo_on_failure:
+        commands = InvocationCommandProducer(bootstrap, names, settings.runtime_partitions, codec)
+        undo_on_failure.callback(commands.close)
+        state.start()
+        undo_on_failure.callback(state.stop)
         services.start()
-    except BaseException:
-        state.stop()
-        raise
-    views = _Views(state, services)
+        undo_on_failure.pop_all()
+    adapters = _Adapters(state, services, commands)
     deadline = time.monotonic() + catch_up_timeout_s
     for view in (state, services):
         # Serving a little stale beats not serving: the view keeps catching up.
@@ -130,11 +137,16 @@ def _start_views(settings: Settings, catch_up_timeout_s: float) -> _Views:
                 view.topic,
                 catch_up_timeout_s,
             )
-    return views
+    return adapters
 
 
-def _app(settings: Settings, views: _Views) -> FastAPI:
-    return create_app(settings, invocations=views.state, services=views.services)
+def _app(settings: Settings, adapters: _Adapters) -> FastAPI:
+    return create_app(
+        settings,
+        invocations=adapters.state,
+        services=adapters.services,
+        commands=adapters.commands,
+    )
 
 
 def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:

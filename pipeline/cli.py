@@ -75,6 +75,30 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--priority", type=int, default=5)
     invoke.set_defaults(func=_cmd_invoke)
 
+    invocations = commands.add_parser("invocations", help="act on existing invocations")
+    invocation_commands = invocations.add_subparsers(dest="invocations_command", required=True)
+    resume = invocation_commands.add_parser(
+        "resume",
+        help="resume a paused invocation",
+        description=(
+            "Send a resume command for a paused invocation. The status is not checked "
+            "here: the scheduler ignores the command unless the invocation is paused. "
+            "The Admin API (POST /invocations/{id}/resume) checks the status first and "
+            "finds the partition key itself."
+        ),
+    )
+    resume.add_argument("invocation_id", metavar="ID", help="the id of the paused invocation")
+    resume.add_argument(
+        "--partition-key",
+        metavar="KEY",
+        help=(
+            "the invocation's partition key: its scope if it has one, else Service/key "
+            "for a keyed service, else its id (the default). A wrong key sends the "
+            "command where the scheduler does not hold the invocation, and it is ignored"
+        ),
+    )
+    resume.set_defaults(func=_cmd_invocations_resume)
+
     results = commands.add_parser("results", help="read the results topic")
     result_commands = results.add_subparsers(dest="results_command", required=True)
     tail = result_commands.add_parser("tail", help="print results as they arrive")
@@ -266,6 +290,25 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
             print(_result_json(exc.result), file=sys.stderr)
             return 1
         print(json.dumps(output))
+    return 0
+
+
+def _cmd_invocations_resume(args: argparse.Namespace) -> int:
+    from pipeline.codec.records import WireCodec
+    from pipeline.runtime.commands import InvocationCommandProducer
+
+    settings = load_settings()
+    producer = InvocationCommandProducer(
+        settings.kafka_bootstrap_servers,
+        settings.topic_names,
+        settings.runtime_partitions,
+        WireCodec(),
+    )
+    try:
+        producer.resume_id(args.invocation_id, args.partition_key or args.invocation_id)
+    finally:
+        producer.close()
+    print(f"resume requested for {args.invocation_id}")
     return 0
 
 

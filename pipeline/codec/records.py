@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Any, Generic, TypeVar, assert_never
 
 from pipeline.codec import json_ingress
-from pipeline.codec.avro import SchemaSet
+from pipeline.codec.avro import HEADER_SIZE, MARKER, SchemaSet
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import (
     AttemptCompleted,
@@ -32,6 +32,7 @@ from pipeline.core.model import (
     QueueId,
     QueueSnapshot,
     ResultStatus,
+    ResumeInvocation,
     RetryPolicy,
     ServiceDefinition,
     Target,
@@ -40,6 +41,7 @@ from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import DecodeError, ValidationError
 
 REQUEST = "pipeline.v1.InvocationRequest"
+RESUME = "pipeline.v1.ResumeInvocation"
 JOURNAL = "pipeline.v1.JournalRecord"
 DISPATCH = "pipeline.v1.DispatchOrder"
 RESULT = "pipeline.v1.InvocationResult"
@@ -86,6 +88,9 @@ class WireCodec:
         # Bound once: these run per record.
         self._encode = self.schemas.encode
         self._decode_avro = self.schemas.decode
+        # Older writer schemas of a resume command count too: a record written by an
+        # earlier version must not be mistaken for a request.
+        self._resume_fingerprints = frozenset(self.schemas.writer_fingerprints(RESUME))
 
     def _decode(self, name: str, data: bytes, build: Callable[[Avro], _T]) -> _T:
         record = self._decode_avro(name, data)
@@ -150,6 +155,43 @@ class WireCodec:
             )
         except (ValidationError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"{REQUEST}: record is not valid: {exc}") from exc
+
+    def encode_resume(self, command: ResumeInvocation) -> bytes:
+        return self._encode(
+            RESUME,
+            {"invocation_id": command.invocation_id, "requested_at_ms": command.requested_at_ms},
+        )
+
+    def decode_invocations_record(
+        self,
+        value: bytes,
+        *,
+        headers: Sequence[tuple[str, bytes]],
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+    ) -> InvocationRequest | ResumeInvocation:
+        """Any record of `invocations`: a resume command, told apart by its writer
+        fingerprint, else a request exactly as `decode_request` reads it.
+
+        A JSON content-type wins, as in `decode_request`: JSON ingress only carries
+        requests. Requests, the hot path, pay one slice and one set lookup.
+        """
+        if (
+            value[2:HEADER_SIZE] in self._resume_fingerprints
+            and value[:2] == MARKER
+            and not _declares_json(headers)
+        ):
+            return self._decode(RESUME, value, _resume_from_avro)
+        return self.decode_request(
+            value,
+            headers=headers,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            timestamp_ms=timestamp_ms,
+        )
 
     # journal
 
@@ -276,6 +318,15 @@ def _check_enums(schemas: SchemaSet) -> None:
                 f"Avro enum {symbols.avro_name} has symbols {sorted(in_schema)} but "
                 f"{symbols.enum.__name__} maps to {sorted(symbols.from_avro)}"
             )
+
+
+def _declares_json(headers: Sequence[tuple[str, bytes]]) -> bool:
+    """Whether `decode_request` would read the record as JSON: its last content-type says so."""
+    is_json = False
+    for key, value in headers:
+        if key.lower() == CONTENT_TYPE:
+            is_json = _is_json(value or b"")
+    return is_json
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -413,6 +464,12 @@ def _embedded_request(record: Avro) -> InvocationRequest:
         record["id"],
         _target_from_avro(record["target"]),
         tuple((h["key"], h["value"]) for h in record["headers"]),
+    )
+
+
+def _resume_from_avro(record: Avro) -> ResumeInvocation:
+    return ResumeInvocation(
+        invocation_id=record["invocation_id"], requested_at_ms=record["requested_at_ms"]
     )
 
 

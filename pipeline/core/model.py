@@ -151,6 +151,22 @@ class InvocationRequest:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class ResumeInvocation:
+    """An operator's command to resume a paused invocation.
+
+    It travels on `invocations` rather than a topic of its own so that it is ordered
+    with the invocation's other input on the partition that owns its state.
+    """
+
+    invocation_id: str
+    requested_at_ms: int
+
+    def __post_init__(self) -> None:
+        if not self.invocation_id:
+            raise ValidationError("invocation id must not be empty")
+
+
 class EntryKind(StrEnum):
     RUN = "run"
 

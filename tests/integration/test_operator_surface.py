@@ -17,6 +17,7 @@ from admin_api import create_app
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
 from pipeline.examples.greeter import service as greeter
+from pipeline.runtime.commands import InvocationCommandProducer
 from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
 from tests.support.runtime import running_pipeline, runtime_settings
@@ -91,11 +92,14 @@ def test_admin_api_shows_an_invocation_from_the_changelog(settings: Settings) ->
     codec = WireCodec()
     state = SchedulerStateView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
     catalog = ServiceCatalogView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+    commands = InvocationCommandProducer(
+        settings.kafka_bootstrap_servers, settings.topic_names, settings.runtime_partitions, codec
+    )
     state.start()
     catalog.start()
     try:
         assert state.wait_caught_up(30) and catalog.wait_caught_up(30)
-        app = create_app(settings, invocations=state, services=catalog)
+        app = create_app(settings, invocations=state, services=catalog, commands=commands)
         token = settings.admin_api_tokens[0].get_secret_value()
         http = TestClient(app, headers={"Authorization": f"Bearer {token}"})
         deadline = time.monotonic() + 10
@@ -109,3 +113,4 @@ def test_admin_api_shows_an_invocation_from_the_changelog(settings: Settings) ->
     finally:
         state.stop()
         catalog.stop()
+        commands.close()

@@ -22,7 +22,7 @@ from pipeline.core.model import (
     Target,
 )
 from pipeline.core.state import Invocation
-from pipeline.errors import ValidationError
+from pipeline.errors import RetryableError, ValidationError
 from pipeline.settings import Settings
 
 TOKEN = "s3cret-token"
@@ -48,15 +48,33 @@ class ServiceTable:
         return self._by_name.get(name)
 
 
+class CommandLog:
+    """Records each resume instead of producing it; `failure` makes every send fail."""
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.resumed: list[Invocation] = []
+        self.failure = failure
+
+    def resume(self, invocation: Invocation) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.resumed.append(invocation)
+
+
 def settings(*tokens: str) -> Settings:
     return Settings(admin_api_tokens=tuple(SecretStr(token) for token in tokens or (TOKEN,)))
 
 
 def client(
-    invocations: Iterable[Invocation] = (), services: Iterable[ServiceDefinition] = ()
+    invocations: Iterable[Invocation] = (),
+    services: Iterable[ServiceDefinition] = (),
+    commands: CommandLog | None = None,
 ) -> TestClient:
     app = create_app(
-        settings(), invocations=InvocationTable(invocations), services=ServiceTable(services)
+        settings(),
+        invocations=InvocationTable(invocations),
+        services=ServiceTable(services),
+        commands=commands if commands is not None else CommandLog(),
     )
     return TestClient(app)
 
@@ -135,7 +153,10 @@ def test_wrong_token_is_401(header: str | bytes) -> None:
 
 def test_any_configured_token_is_accepted() -> None:
     app = create_app(
-        settings("first", "second"), invocations=InvocationTable(), services=ServiceTable()
+        settings("first", "second"),
+        invocations=InvocationTable(),
+        services=ServiceTable(),
+        commands=CommandLog(),
     )
 
     response = TestClient(app).get("/services", headers={"Authorization": "Bearer second"})
@@ -146,7 +167,10 @@ def test_any_configured_token_is_accepted() -> None:
 def test_an_app_without_tokens_is_refused_at_build_time() -> None:
     with pytest.raises(ValidationError, match="PIPELINE_ADMIN_API_TOKENS"):
         create_app(
-            Settings(admin_api_tokens=()), invocations=InvocationTable(), services=ServiceTable()
+            Settings(admin_api_tokens=()),
+            invocations=InvocationTable(),
+            services=ServiceTable(),
+            commands=CommandLog(),
         )
 
 
@@ -215,6 +239,101 @@ def test_completed_invocation_reports_its_output_size() -> None:
     assert body["output_size_bytes"] == 6
 
 
+def in_status(
+    status: InvocationStatus, invocation_id: str = "idem:Billing/charge:order-17"
+) -> Invocation:
+    request = InvocationRequest(
+        invocation_id, Target("Billing", "charge"), b"{}", created_at_ms=0, scope="tenant-a"
+    )
+    return Invocation(request=request, status=status, attempt=3)
+
+
+def test_resume_of_a_paused_invocation_sends_the_command_and_is_202() -> None:
+    paused = in_status(InvocationStatus.PAUSED)
+    commands = CommandLog()
+
+    # The id contains a slash, as derived idempotent ids do.
+    response = client([paused], commands=commands).post(
+        f"/invocations/{paused.id}/resume", headers=AUTH
+    )
+
+    assert response.status_code == 202
+    assert response.json() == {"invocation_id": paused.id, "status": "resume-requested"}
+    assert commands.resumed == [paused]
+
+
+def test_resume_of_an_unknown_invocation_is_404_and_sends_nothing() -> None:
+    commands = CommandLog()
+
+    response = client(commands=commands).post("/invocations/no-such-id/resume", headers=AUTH)
+
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["type"] == "not_found"
+    assert "'no-such-id'" in error["message"]
+    assert "check the id" in error["message"]
+    assert commands.resumed == []
+
+
+@pytest.mark.parametrize(
+    "status", [s for s in InvocationStatus if s is not InvocationStatus.PAUSED]
+)
+def test_resume_of_an_invocation_that_is_not_paused_is_409(status: InvocationStatus) -> None:
+    invocation = in_status(status, "inv-7")
+    commands = CommandLog()
+
+    response = client([invocation], commands=commands).post(
+        "/invocations/inv-7/resume", headers=AUTH
+    )
+
+    assert response.status_code == 409
+    assert response.json()["error"] == {
+        "type": "conflict",
+        "message": f"invocation 'inv-7' is {status.value}; only a paused invocation can be resumed",
+    }
+    assert commands.resumed == []
+
+
+def test_resume_that_kafka_does_not_acknowledge_is_503_with_retry_after() -> None:
+    failing = CommandLog(RetryableError("not acknowledged", retry_after_ms=1_000))
+
+    response = client([in_status(InvocationStatus.PAUSED, "inv-8")], commands=failing).post(
+        "/invocations/inv-8/resume", headers=AUTH
+    )
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["type"] == "unavailable"
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}]
+)
+def test_resume_needs_an_accepted_token(headers: dict[str, str]) -> None:
+    commands = CommandLog()
+
+    response = client([in_status(InvocationStatus.PAUSED, "inv-9")], commands=commands).post(
+        "/invocations/inv-9/resume", headers=headers
+    )
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "Authorization: Bearer <token>" in response.json()["error"]["message"]
+    assert commands.resumed == []
+
+
+def test_get_of_the_resume_path_is_not_a_resume() -> None:
+    # GET takes the whole rest of the path as the id, so this looks up "inv-10/resume".
+    commands = CommandLog()
+    api = client([in_status(InvocationStatus.PAUSED, "inv-10")], commands=commands)
+
+    response = api.get("/invocations/inv-10/resume", headers=AUTH)
+
+    assert response.status_code == 404
+    assert "'inv-10/resume'" in response.json()["error"]["message"]
+    assert commands.resumed == []
+
+
 def test_services_list_handlers_with_retry_policies() -> None:
     response = client(services=[billing_service()]).get("/services", headers=AUTH)
 
@@ -276,6 +395,7 @@ def test_openapi_documents_every_route_with_a_summary() -> None:
     assert set(paths) == {
         "/health",
         "/invocations/{invocation_id}",
+        "/invocations/{invocation_id}/resume",
         "/services",
         "/services/{name}",
     }
@@ -285,3 +405,7 @@ def test_openapi_documents_every_route_with_a_summary() -> None:
     assert "security" not in paths["/health"]["get"]
     assert paths["/services"]["get"]["security"] == [{"HTTPBearer": []}]
     assert "401" in paths["/services"]["get"]["responses"]
+    resume = paths["/invocations/{invocation_id}/resume"]["post"]
+    assert resume["security"] == [{"HTTPBearer": []}]
+    assert {"202", "401", "404", "409", "503"} <= set(resume["responses"])
+    assert "200" not in resume["responses"]

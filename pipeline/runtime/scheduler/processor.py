@@ -28,7 +28,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.codec.records import WireCodec
-from pipeline.core.model import HandlerDefinition, QueueSnapshot, Target
+from pipeline.core.model import HandlerDefinition, QueueSnapshot, ResumeInvocation, Target
 from pipeline.core.partitioning import partition_for
 from pipeline.core.scheduler import (
     AppendFence,
@@ -41,6 +41,7 @@ from pipeline.core.scheduler import (
     Ignored,
     InvocationArrived,
     JournalArrived,
+    ResumeRequested,
     TimerDue,
     decide,
 )
@@ -249,7 +250,7 @@ class SchedulerProcessor:
 
     def _on_invocation(self, state: PartitionState, message: Message, now: int) -> None:
         topic, partition, offset = _position(message)
-        request = self._codec.decode_request(
+        record = self._codec.decode_invocations_record(
             message.value() or b"",
             headers=_headers(message),
             topic=topic,
@@ -257,6 +258,10 @@ class SchedulerProcessor:
             offset=offset,
             timestamp_ms=message.timestamp()[1],
         )
+        if isinstance(record, ResumeInvocation):
+            self._on_resume(state, record, now)
+            return
+        request = record
         home = partition_for(request.partition_key, self._settings.runtime_partitions)
         if home != state.partition:
             self._produce(
@@ -267,6 +272,19 @@ class SchedulerProcessor:
             )
             return
         self._apply(state, request.id, InvocationArrived(request), now, message)
+
+    def _on_resume(self, state: PartitionState, command: ResumeInvocation, now: int) -> None:
+        # A command carries no partition key, so unlike a request it cannot be forwarded:
+        # the sender must have put it on the invocation's partition.
+        if command.invocation_id not in state.invocations:
+            log.warning(
+                "resume of invocation %r ignored: partition %d does not hold it (it was "
+                "forgotten, or the command was sent with the wrong partition key)",
+                command.invocation_id,
+                state.partition,
+            )
+            return
+        self._apply(state, command.invocation_id, ResumeRequested(command.invocation_id), now)
 
     def _apply(
         self,
