@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from typing import Final, TypeVar
+from typing import TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -30,12 +30,10 @@ from pipeline.codec.records import WireCodec
 from pipeline.core.model import ServiceDefinition
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import DecodeError, NotFoundError, RetryableError
+from pipeline.runtime.scheduler.partition_state import INVOCATION_PREFIX, QUEUE_PREFIX
 from topics import TopicNames
 
 log = logging.getLogger(__name__)
-
-INVOCATION_KEY_PREFIX: Final = "i/"
-QUEUE_KEY_PREFIX: Final = "q/"
 
 _POLL_BATCH = 500
 _POLL_TIMEOUT_S = 0.2
@@ -256,12 +254,12 @@ class SchedulerStateView(_CompactedTopicView):
         return sorted(queues, key=lambda queue: str(queue.id))
 
     def _apply(self, key: str, value: bytes | None) -> None:
-        if key.startswith(INVOCATION_KEY_PREFIX):
-            invocation_id = key.removeprefix(INVOCATION_KEY_PREFIX)
+        if key.startswith(INVOCATION_PREFIX):
+            invocation_id = key.removeprefix(INVOCATION_PREFIX)
             invocation = None if value is None else self._codec.decode_invocation_state(value)
             _put(self._lock, self._invocations, invocation_id, invocation)
-        elif key.startswith(QUEUE_KEY_PREFIX):
-            queue_id = key.removeprefix(QUEUE_KEY_PREFIX)
+        elif key.startswith(QUEUE_PREFIX):
+            queue_id = key.removeprefix(QUEUE_PREFIX)
             queue = None if value is None else self._codec.decode_queue_state(value)
             _put(self._lock, self._queues, queue_id, queue)
         else:
