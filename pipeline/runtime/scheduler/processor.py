@@ -181,9 +181,12 @@ class SchedulerProcessor:
         try:
             for message in batch:
                 self._on_message(message, now)
-            for state in list(self._states.values()):
-                for invocation_id in state.pop_due(now):
-                    self._apply(state, invocation_id, TimerDue(invocation_id), now)
+            # Timers wait while the local queue holds more input: a lease must not be
+            # fenced for want of progress reports that are already fetched but unread.
+            if len(batch) < self._settings.scheduler_batch_max:
+                for state in list(self._states.values()):
+                    for invocation_id in state.pop_due(now):
+                        self._apply(state, invocation_id, TimerDue(invocation_id), now)
             self._write_changes(producer, now)
             if self._offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
