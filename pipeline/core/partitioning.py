@@ -8,6 +8,8 @@ partition key meet in one place.
 
 from __future__ import annotations
 
+import struct
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -17,8 +19,7 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = (0x9747B28C ^ length) & _MASK
     end = length - length % 4
-    for i in range(0, end, 4):
-        k = data[i] | data[i + 1] << 8 | data[i + 2] << 16 | data[i + 3] << 24
+    for (k,) in struct.iter_unpack("<I", data[:end]):
         k = (k * _M) & _MASK
         k ^= k >> 24
         k = (k * _M) & _MASK
