@@ -382,16 +382,21 @@ async def _run_processes(
 
         tasks.append(asyncio.create_task(serve_async(settings, stop)))
     waiter = asyncio.create_task(stop.wait())
+    failure: BaseException | None = None
     try:
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is not waiter and task.exception() is not None:
-                log.error("a process failed; stopping", exc_info=task.exception())
+                failure = task.exception()
+                log.error("a process failed; stopping the others", exc_info=failure)
     finally:
         stop.set()
         scheduler_stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         tracer_provider.shutdown()
+    if failure is not None:
+        # A non-zero exit, so that a supervisor (systemd, Kubernetes) restarts us.
+        raise SystemExit(1)
 
 
 def _stop_on_signals(callback: Any) -> None:
