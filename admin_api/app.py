@@ -9,12 +9,13 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import threading
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -26,14 +27,19 @@ from admin_api.models import (
     FieldError,
     HealthResponse,
     InvocationResponse,
+    LimitRuleSetResponse,
+    LimitRulesPut,
     ResumeResponse,
     ServiceListResponse,
     ServiceResponse,
     invocation_response,
+    limit_rule,
+    ruleset_response,
     service_list_response,
     service_response,
 )
-from admin_api.ports import InvocationCommands, InvocationReader, ServiceReader
+from admin_api.ports import InvocationCommands, InvocationReader, LimitRules, ServiceReader
+from pipeline.core import limits as rule_sets
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.state import Invocation
 from pipeline.errors import (
@@ -50,7 +56,7 @@ log = logging.getLogger(__name__)
 _DESCRIPTION = """\
 Inspect what pipeline runs: invocations with their journal and last error, and the
 services that worker deployments announce. Resume invocations that paused after their
-last retry.
+last retry. Change the limit rules of virtual queues while everything runs.
 
 Every route except `/health` needs a bearer token from `PIPELINE_ADMIN_API_TOKENS`,
 sent as `Authorization: Bearer <token>`.
@@ -99,6 +105,7 @@ def create_app(
     invocations: InvocationReader,
     services: ServiceReader,
     commands: InvocationCommands,
+    limits: LimitRules,
 ) -> FastAPI:
     """Build the Admin API over the given ports; nothing runs until a server serves it."""
     app = FastAPI(
@@ -119,6 +126,7 @@ def create_app(
     for router in (
         _inspection_routes(invocations, services),
         _command_routes(invocations, commands),
+        _limit_routes(limits),
     ):
         app.include_router(router, dependencies=[Depends(require_token)], responses=_AUTH_RESPONSES)
     return app
@@ -208,6 +216,95 @@ def _command_routes(invocations: InvocationReader, commands: InvocationCommands)
             )
         commands.resume(invocation)
         return ResumeResponse(invocation_id=invocation.id)
+
+    return router
+
+
+_HOW_RULES_APPLY = """\
+A rule governs every virtual queue (scope, limit key) its pattern matches, and each
+of those queues gets a budget of its own: `*` with `concurrency: 2` lets every queue
+run 2 at once, never 2 in all. A queue is governed by exactly one rule, the one with
+the most specific matching pattern (among equals, the smallest id):
+
+| pattern | governs the queue (scope, limit key) |
+|---|---|
+| `s/L1/L2` | exactly (s, L1/L2) |
+| `s/L1/*` | (s, L1/x) for any x |
+| `s/L1` | (s, L1) and (s, L1/x) |
+| `s/*` | (s, any limit key) |
+| `s` | every queue of scope s |
+| `*` | every queue |
+
+A change takes effect at once, also for invocations already waiting.
+"""
+
+_MAX_RULE_ID = 256
+
+_RULES_RESPONSES: dict[int | str, dict[str, object]] = {
+    409: {
+        "model": ErrorResponse,
+        "description": "`if_version` is not the version in force: read the rules again.",
+    },
+    422: {"model": ErrorResponse, "description": "A pattern or value that is not valid."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Kafka did not acknowledge the change in time; read the rules, retry.",
+    },
+}
+
+
+def _limit_routes(limits: LimitRules) -> APIRouter:
+    router = APIRouter(prefix="/limits/rules", tags=["limits"])
+    # One change at a time: two requests must not both derive a version from the same
+    # one, or the second would be refused as a conflict it never asked to check.
+    changing = threading.Lock()
+
+    @router.get(
+        "", summary="The limit rules in force, with their version", description=_HOW_RULES_APPLY
+    )
+    def get_rules() -> LimitRuleSetResponse:
+        return ruleset_response(limits.ruleset())
+
+    @router.put(
+        "",
+        summary="Add or replace limit rules by id, all in one change",
+        description=(
+            "Applies the whole batch atomically, as one new version of the rule set, or "
+            "nothing. Rules not in the batch stay. With `if_version`, applies only if the "
+            "rule set is still at that version.\n\n" + _HOW_RULES_APPLY
+        ),
+        responses=_RULES_RESPONSES,
+    )
+    def put_rules(body: LimitRulesPut) -> LimitRuleSetResponse:
+        batch = [limit_rule(rule) for rule in body.rules]
+        with changing:
+            updated = rule_sets.put(limits.ruleset(), batch, body.if_version)
+            limits.write(updated)
+        return ruleset_response(updated)
+
+    @router.delete(
+        "/{rule_id:path}",
+        summary="Remove one limit rule",
+        description=(
+            "The queues it governed fall back to the next most specific matching rule, "
+            "or to no limit.\n\n" + _HOW_RULES_APPLY
+        ),
+        responses={
+            **_RULES_RESPONSES,
+            404: {"model": ErrorResponse, "description": "No rule has this id."},
+        },
+    )
+    def delete_rule(
+        rule_id: Annotated[str, Path(min_length=1, max_length=_MAX_RULE_ID)],
+        if_version: Annotated[
+            int | None,
+            Query(ge=0, description="Remove only if the rule set is at this version."),
+        ] = None,
+    ) -> LimitRuleSetResponse:
+        with changing:
+            updated = rule_sets.delete(limits.ruleset(), rule_id, if_version)
+            limits.write(updated)
+        return ruleset_response(updated)
 
     return router
 

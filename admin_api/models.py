@@ -1,4 +1,5 @@
-"""Response models of the Admin API and the one place that maps core types to them.
+"""Request and response models of the Admin API, and the one place that maps core
+types to and from them.
 
 These are the HTTP contract, free to differ from the domain: never pass them into
 `pipeline`, and never return a core dataclass from a route.
@@ -11,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import (
     Failure,
     HandlerDefinition,
@@ -114,6 +116,90 @@ class ServiceResponse(_Response):
 
 class ServiceListResponse(_Response):
     services: list[ServiceResponse]
+
+
+class LimitRuleModel(_Response):
+    """One limit rule, as sent and as shown.
+
+    Values are checked by the core, not here, so that a bad one is refused with the
+    same message wherever rules come from (Admin API, CLI).
+    """
+
+    id: str = Field(min_length=1, max_length=256, description="Name of the rule, unique.")
+    pattern: str = Field(
+        description="Which queues the rule governs: `*`, `scope`, `scope/*`, `scope/L1`, "
+        "`scope/L1/*` or `scope/L1/L2`. The most specific matching pattern governs a queue.",
+        examples=["acme/*"],
+    )
+    concurrency: int | None = Field(
+        default=None, description="Running attempts at once per queue (>= 0); null: no limit."
+    )
+    rate: float | None = Field(
+        default=None, description="Starts per second per queue (> 0); excess waits, never dropped."
+    )
+    burst: int = Field(default=1, description="Starts that may come at once under `rate` (>= 1).")
+    weight: int = Field(
+        default=1, description="Fair share among the limit keys of a scope that compete (>= 1)."
+    )
+    max_queued: int | None = Field(
+        default=None,
+        description="Backlog cap per queue (>= 0): a request over it fails at once; null: none.",
+    )
+    hold_while_suspended: bool = Field(
+        default=False, description="True: a suspended invocation keeps its concurrency slot."
+    )
+    paused: bool = Field(default=False, description="True: the queues start nothing.")
+
+
+class LimitRulesPut(_Response):
+    rules: list[LimitRuleModel] = Field(
+        description="Rules to add, or to replace by id; all are applied, or none."
+    )
+    if_version: int | None = Field(
+        default=None,
+        description="Apply only if the rule set is at this version (409 otherwise): read, "
+        "change, write without overwriting someone else's change.",
+    )
+
+
+class LimitRuleSetResponse(_Response):
+    version: int = Field(description="Number of changes so far; 0 before the first.")
+    rules: list[LimitRuleModel] = Field(description="Every rule in force, ordered by id.")
+
+
+def limit_rule(model: LimitRuleModel) -> LimitRule:
+    """The core rule a request describes; `ValidationError` names a bad pattern or value."""
+    return LimitRule(
+        id=model.id,
+        pattern=RulePattern.parse(model.pattern),
+        concurrency=model.concurrency,
+        rate_per_s=model.rate,
+        burst=model.burst,
+        weight=model.weight,
+        max_queued=model.max_queued,
+        hold_while_suspended=model.hold_while_suspended,
+        paused=model.paused,
+    )
+
+
+def ruleset_response(ruleset: RuleSet) -> LimitRuleSetResponse:
+    return LimitRuleSetResponse(
+        version=ruleset.version,
+        rules=[
+            LimitRuleModel(
+                id=rule.id,
+                pattern=str(rule.pattern),
+                concurrency=rule.concurrency,
+                rate=rule.rate_per_s,
+                burst=rule.burst,
+                weight=rule.weight,
+                max_queued=rule.max_queued,
+                hold_while_suspended=rule.hold_while_suspended,
+                paused=rule.paused,
+            )
+            for rule in ruleset.rules
+        ],
+    )
 
 
 def invocation_response(invocation: Invocation) -> InvocationResponse:

@@ -1,14 +1,15 @@
 """What the Admin API reads and sends, as narrow Protocols.
 
-The materialized views in `pipeline.runtime.views` and the producer in
-`pipeline.runtime.commands` satisfy these structurally; tests pass small in-memory
-objects instead of a broker.
+The materialized views in `pipeline.runtime.views`, the producer in
+`pipeline.runtime.commands` and the store in `pipeline.runtime.limit_rules` satisfy
+these structurally; tests pass small in-memory objects instead of a broker.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from pipeline.core.limits import RuleSet
 from pipeline.core.model import ServiceDefinition
 from pipeline.core.state import Invocation
 
@@ -34,5 +35,19 @@ class InvocationCommands(Protocol):
         """Send a resume command for this invocation; return once it is durable.
 
         Raises `RetryableError` when the command could not be made durable in time.
+        """
+        ...
+
+
+class LimitRules(Protocol):
+    def ruleset(self) -> RuleSet:
+        """The rule set in force as this process knows it, including its own writes."""
+        ...
+
+    def write(self, ruleset: RuleSet) -> None:
+        """Make `ruleset` the one in force; return once it is durable and readable here.
+
+        Raises `ConflictError` when it does not follow the version in force and
+        `RetryableError` when it could not be made durable in time.
         """
         ...

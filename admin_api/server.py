@@ -1,5 +1,5 @@
-"""Run the Admin API: start the views it reads and the producer it sends commands
-with, serve it with uvicorn, then stop the views and close the producer.
+"""Run the Admin API: start the views it reads and the producers it sends commands and
+limit rules with, serve it with uvicorn, then stop the views and close the producers.
 
 `serve` owns the process and stops on SIGINT/SIGTERM. `serve_async` runs inside a host
 asyncio program such as `pipeline dev`, which owns the signals and says when to stop
@@ -23,7 +23,8 @@ from admin_api.app import create_app
 from pipeline.codec.records import WireCodec
 from pipeline.errors import PipelineError, ValidationError
 from pipeline.runtime.commands import InvocationCommandProducer
-from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
+from pipeline.runtime.limit_rules import LimitRuleStore, LimitRuleWriter
+from pipeline.runtime.views import LimitRulesView, SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,15 @@ class _Adapters:
     state: SchedulerStateView
     services: ServiceCatalogView
     commands: InvocationCommandProducer
+    rules: LimitRulesView
+    rule_writer: LimitRuleWriter
 
     def stop(self) -> None:
         self.state.stop()
         self.services.stop()
+        self.rules.stop()
         self.commands.close()
+        self.rule_writer.close()
 
 
 def serve(settings: Settings, *, catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S) -> None:
@@ -120,16 +125,21 @@ def _start_adapters(settings: Settings, catch_up_timeout_s: float) -> _Adapters:
     names, codec = settings.topic_names, WireCodec()
     state = SchedulerStateView(bootstrap, names, codec)
     services = ServiceCatalogView(bootstrap, names, codec)
+    rules = LimitRulesView(bootstrap, names, codec)
     with contextlib.ExitStack() as undo_on_failure:
         commands = InvocationCommandProducer(bootstrap, names, settings.runtime_partitions, codec)
         undo_on_failure.callback(commands.close)
+        rule_writer = LimitRuleWriter(bootstrap, names.limits, codec)
+        undo_on_failure.callback(rule_writer.close)
         state.start()
         undo_on_failure.callback(state.stop)
         services.start()
+        undo_on_failure.callback(services.stop)
+        rules.start()
         undo_on_failure.pop_all()
-    adapters = _Adapters(state, services, commands)
+    adapters = _Adapters(state, services, commands, rules, rule_writer)
     deadline = time.monotonic() + catch_up_timeout_s
-    for view in (state, services):
+    for view in (state, services, rules):
         # Serving a little stale beats not serving: the view keeps catching up.
         if not view.wait_caught_up(max(0.0, deadline - time.monotonic())):
             log.warning(
@@ -146,6 +156,7 @@ def _app(settings: Settings, adapters: _Adapters) -> FastAPI:
         invocations=adapters.state,
         services=adapters.services,
         commands=adapters.commands,
+        limits=LimitRuleStore(adapters.rules, adapters.rule_writer),
     )
 
 

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from pipeline.localkafka.cli import BOOTSTRAP_ENV, add_kafka_commands, default_data_dir
@@ -20,6 +21,8 @@ from pipeline.settings import Settings
 log = logging.getLogger("pipeline")
 
 EXAMPLE_SERVICE = "pipeline.examples.greeter:service"
+
+_LIMITS_CATCH_UP_S = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     resume.set_defaults(func=_cmd_invocations_resume)
+
+    limits = commands.add_parser("limits", help="the limit rules of virtual queues")
+    limit_commands = limits.add_subparsers(dest="limits_command", required=True)
+    limit_commands.add_parser(
+        "get", help="print the rules in force and their version, as JSON"
+    ).set_defaults(func=_cmd_limits_get)
+    limits_put = limit_commands.add_parser(
+        "put",
+        help="add or replace rules by id, all in one change",
+        description=(
+            'FILE holds {"rules": [{"id", "pattern", "concurrency", "rate", "burst", '
+            '"weight", "max_queued", "hold_while_suspended", "paused"}], "if_version"}, '
+            "as PUT /limits/rules of the Admin API takes it; - reads standard input. "
+            "Prints the new rule set."
+        ),
+    )
+    limits_put.add_argument("file", metavar="FILE.json", help="the rules, or - for stdin")
+    limits_put.set_defaults(func=_cmd_limits_put)
 
     results = commands.add_parser("results", help="read the results topic")
     result_commands = results.add_subparsers(dest="results_command", required=True)
@@ -309,6 +330,53 @@ def _cmd_invocations_resume(args: argparse.Namespace) -> int:
     finally:
         producer.close()
     print(f"resume requested for {args.invocation_id}")
+    return 0
+
+
+def _cmd_limits_get(args: argparse.Namespace) -> int:
+    from pipeline.codec.records import WireCodec
+    from pipeline.codec.rules_json import ruleset_to_json
+    from pipeline.runtime.limit_rules import LimitRuleReader
+
+    settings = load_settings()
+    reader = LimitRuleReader(
+        settings.kafka_bootstrap_servers, settings.topic_names.limits, WireCodec()
+    )
+    try:
+        reader.catch_up(_LIMITS_CATCH_UP_S)
+    finally:
+        reader.close()
+    print(json.dumps(ruleset_to_json(reader.ruleset()), indent=2))
+    return 0
+
+
+def _cmd_limits_put(args: argparse.Namespace) -> int:
+    from pipeline.codec.records import WireCodec
+    from pipeline.codec.rules_json import parse_batch, ruleset_to_json
+    from pipeline.core.limits import put
+    from pipeline.errors import ValidationError
+    from pipeline.runtime.limit_rules import LimitRuleReader, LimitRuleStore, LimitRuleWriter
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"cannot read the rules from {args.file}: {exc}") from exc
+    batch = parse_batch(text)
+    settings = load_settings()
+    bootstrap, topic, codec = (
+        settings.kafka_bootstrap_servers,
+        settings.topic_names.limits,
+        WireCodec(),
+    )
+    with ExitStack() as stack:
+        reader = LimitRuleReader(bootstrap, topic, codec)
+        stack.callback(reader.close)
+        writer = LimitRuleWriter(bootstrap, topic, codec)
+        stack.callback(writer.close)
+        reader.catch_up(_LIMITS_CATCH_UP_S)
+        updated = put(reader.ruleset(), batch.rules, batch.if_version)
+        LimitRuleStore(reader, writer).write(updated)
+    print(json.dumps(ruleset_to_json(updated), indent=2))
     return 0
 
 

@@ -33,6 +33,16 @@ class RetryableError(PipelineError):
         self.retry_after_ms = retry_after_ms
 
 
+class RateLimited(RetryableError):
+    """A downstream said "too many requests": retry after `retry_after_ms`, and hold
+    every other start of the invocation's virtual queue until then too."""
+
+    def __init__(self, message: str = "rate limited downstream", *, retry_after_ms: int) -> None:
+        if retry_after_ms < 0:
+            raise ValueError(f"retry_after_ms {retry_after_ms} must be >= 0")
+        super().__init__(message, retry_after_ms=retry_after_ms)
+
+
 class NonDeterminismError(RetryableError):
     """Replay found a journal entry that the handler code no longer produces.
 

@@ -61,6 +61,11 @@ class TopicNames:
         return f"{self.prefix}control.services"
 
     @property
+    def limits(self) -> str:
+        """Control topic: the limit rule set, one record under the key `rules`."""
+        return f"{self.prefix}control.limits"
+
+    @property
     def streams(self) -> str:
         return f"{self.prefix}streams"
 
@@ -91,6 +96,8 @@ class TopicCatalogue:
             TopicSpec(n.scheduler_state, runtime, rf, dict(COMPACTED)),
             TopicSpec(n.results, self.results_partitions, rf, _retained(7)),
             TopicSpec(n.services, 1, rf, dict(COMPACTED)),
+            # One partition: every reader needs the one newest rule set, in write order.
+            TopicSpec(n.limits, 1, rf, dict(COMPACTED)),
             TopicSpec(n.streams, self.results_partitions, rf, _retained(1)),
             TopicSpec(n.dead_letter, 1, rf, _retained(30)),
         )

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar, assert_never
 from pipeline.codec import json_ingress
 from pipeline.codec.avro import HEADER_SIZE, MARKER, SchemaSet
 from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import (
     AttemptCompleted,
     AttemptFailed,
@@ -47,6 +48,7 @@ DISPATCH = "pipeline.v1.DispatchOrder"
 RESULT = "pipeline.v1.InvocationResult"
 QUEUE_SNAPSHOT = "pipeline.v1.QueueSnapshot"
 SERVICE = "pipeline.v1.ServiceDefinition"
+LIMIT_RULES = "pipeline.v1.LimitRuleSet"
 INVOCATION_STATE = "pipeline.v1.InvocationState"
 QUEUE_STATE = "pipeline.v1.VirtualQueueState"
 
@@ -271,6 +273,17 @@ class WireCodec:
     def decode_service(self, value: bytes) -> ServiceDefinition:
         return self._decode(SERVICE, value, _service_from_avro)
 
+    # limits control topic
+
+    def encode_ruleset(self, ruleset: RuleSet) -> bytes:
+        return self._encode(
+            LIMIT_RULES,
+            {"version": ruleset.version, "rules": [_rule_to_avro(r) for r in ruleset.rules]},
+        )
+
+    def decode_ruleset(self, value: bytes) -> RuleSet:
+        return self._decode(LIMIT_RULES, value, _ruleset_from_avro)
+
     # scheduler changelogs
 
     def encode_invocation_state(self, invocation: Invocation) -> bytes:
@@ -302,6 +315,8 @@ class WireCodec:
                 "queued": queue.queued,
                 "running": queue.running,
                 "next_seq": queue.next_seq,
+                "rate_tat_ms": queue.rate_tat_ms,
+                "paused_until_ms": queue.paused_until_ms,
             },
         )
 
@@ -401,6 +416,7 @@ def _journal_to_avro(record: JournalRecord) -> Avro:
                 {
                     "failure": _failure_to_avro(record.failure),
                     "retry_after_ms": record.retry_after_ms,
+                    "hold_queue": record.hold_queue,
                 },
             )
         case AttemptFenced():
@@ -417,6 +433,20 @@ def _retry_to_avro(retry: RetryPolicy) -> Avro:
         "max_interval_ms": retry.max_interval_ms,
         "multiplier": retry.multiplier,
         "on_exhausted": _ON_EXHAUSTED.to_avro[retry.on_exhausted],
+    }
+
+
+def _rule_to_avro(rule: LimitRule) -> Avro:
+    return {
+        "id": rule.id,
+        "pattern": str(rule.pattern),
+        "concurrency": rule.concurrency,
+        "rate_per_s": rule.rate_per_s,
+        "burst": rule.burst,
+        "weight": rule.weight,
+        "max_queued": rule.max_queued,
+        "hold_while_suspended": rule.hold_while_suspended,
+        "paused": rule.paused,
     }
 
 
@@ -493,7 +523,9 @@ def _journal_from_avro(record: Avro) -> JournalRecord:
         return AttemptCompleted(invocation_id, attempt, body["output"])
     if branch == _ATTEMPT_FAILED:
         failure = _failure_from_avro(body["failure"])
-        return AttemptFailed(invocation_id, attempt, failure, body["retry_after_ms"])
+        return AttemptFailed(
+            invocation_id, attempt, failure, body["retry_after_ms"], body["hold_queue"]
+        )
     if branch == _ATTEMPT_FENCED:
         return AttemptFenced(invocation_id, attempt, body["reason"])
     raise DecodeError(f"{JOURNAL}: unknown body {branch!r}")
@@ -541,6 +573,26 @@ def _retry_from_avro(record: Avro) -> RetryPolicy:
     )
 
 
+def _ruleset_from_avro(record: Avro) -> RuleSet:
+    return RuleSet(
+        version=record["version"],
+        rules=tuple(
+            LimitRule(
+                id=r["id"],
+                pattern=RulePattern.parse(r["pattern"]),
+                concurrency=r["concurrency"],
+                rate_per_s=r["rate_per_s"],
+                burst=r["burst"],
+                weight=r["weight"],
+                max_queued=r["max_queued"],
+                hold_while_suspended=r["hold_while_suspended"],
+                paused=r["paused"],
+            )
+            for r in record["rules"]
+        ),
+    )
+
+
 def _service_from_avro(record: Avro) -> ServiceDefinition:
     return ServiceDefinition(
         name=record["name"],
@@ -574,4 +626,6 @@ def _queue_state_from_avro(record: Avro) -> VirtualQueue:
         queued=record["queued"],
         running=record["running"],
         next_seq=record["next_seq"],
+        rate_tat_ms=record["rate_tat_ms"],
+        paused_until_ms=record["paused_until_ms"],
     )

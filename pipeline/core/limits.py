@@ -12,16 +12,20 @@ one budget shared by all of them.
 | `s/*`          | (s, any limit key)                                | 3           |
 | `s`            | every queue of scope s                            | 2           |
 | `*`            | every queue                                       | 1           |
+
+Operators change rules at runtime as a whole `RuleSet`: `put` and `delete` each return
+the next version, so that a writer can say which version it read (optimistic
+concurrency) and readers can drop any copy older than the one they hold.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pipeline.core.model import QueueId, validate_limit_key, validate_scope
-from pipeline.errors import ValidationError
+from pipeline.errors import ConflictError, NotFoundError, ValidationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,78 @@ def governing_rule(rules: Iterable[LimitRule], queue: QueueId) -> LimitRule | No
         ):
             best = rule
     return best
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """Every limit rule in force, and how many changes made it (0: none yet).
+
+    Rules are kept ordered by id, so that two sets with the same rules are equal
+    whatever order the changes came in.
+    """
+
+    version: int = 0
+    rules: tuple[LimitRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.version < 0:
+            raise ValidationError(f"rule set version {self.version} must be >= 0")
+        _check_unique_ids(self.rules, "the rule set")
+
+    def rule(self, rule_id: str) -> LimitRule | None:
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+
+def put(ruleset: RuleSet, rules: Sequence[LimitRule], expected_version: int | None) -> RuleSet:
+    """The next version with `rules` added, or replacing the rules with the same ids.
+
+    All or nothing: any error leaves `ruleset` as it is (it is immutable anyway; the
+    point is that no partial batch is ever returned).
+    """
+    _check_version(ruleset, expected_version)
+    if not rules:
+        raise ValidationError(
+            "the batch has no rules, so it would change nothing: send at least one rule "
+            "(rules are removed one by one, by id)"
+        )
+    _check_unique_ids(rules, "the batch")
+    by_id = {rule.id: rule for rule in ruleset.rules}
+    by_id.update((rule.id, rule) for rule in rules)
+    return RuleSet(ruleset.version + 1, _ordered(by_id.values()))
+
+
+def delete(ruleset: RuleSet, rule_id: str, expected_version: int | None) -> RuleSet:
+    """The next version without the rule `rule_id`; `NotFoundError` if there is none."""
+    _check_version(ruleset, expected_version)
+    if ruleset.rule(rule_id) is None:
+        known = ", ".join(repr(rule.id) for rule in ruleset.rules) or "none"
+        raise NotFoundError(
+            f"limit rule {rule_id!r} does not exist (rule set version {ruleset.version}); "
+            f"the rules are: {known}"
+        )
+    return RuleSet(ruleset.version + 1, tuple(rule for rule in ruleset.rules if rule.id != rule_id))
+
+
+def _check_version(ruleset: RuleSet, expected_version: int | None) -> None:
+    if expected_version is not None and expected_version != ruleset.version:
+        raise ConflictError(
+            f"the rule set is at version {ruleset.version}, not the expected version "
+            f"{expected_version}: someone else changed the rules; read them again and retry"
+        )
+
+
+def _check_unique_ids(rules: Iterable[LimitRule], where: str) -> None:
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.id in seen:
+            raise ValidationError(
+                f"rule id {rule.id!r} appears more than once in {where}: ids must be unique"
+            )
+        seen.add(rule.id)
+
+
+def _ordered(rules: Iterable[LimitRule]) -> tuple[LimitRule, ...]:
+    return tuple(sorted(rules, key=lambda rule: rule.id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -214,6 +214,7 @@ class AttemptFailed:
     attempt: int
     failure: Failure
     retry_after_ms: int | None = None
+    hold_queue: bool = False  # RateLimited: the whole queue waits out retry_after_ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,11 @@ offsets. Nothing here knows about partitions, topics or transactions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from pipeline.core.admission import Admit, admission
 from pipeline.core.lifecycle import InvocationStatus, Transition, transition
+from pipeline.core.limits import LimitRule, RateState, gcra_started
 from pipeline.core.model import (
     AttemptCompleted,
     AttemptFailed,
@@ -51,7 +53,14 @@ class ResumeRequested:
     invocation_id: str
 
 
-Event = InvocationArrived | JournalArrived | TimerDue | ResumeRequested
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The invocation is the head of its queue and the queue's limits let it start."""
+
+    invocation_id: str
+
+
+Event = InvocationArrived | JournalArrived | TimerDue | ResumeRequested | Admitted
 
 # Effects
 
@@ -98,6 +107,7 @@ class DecisionContext:
     lease_timeout_ms: int
     jitter: float  # drawn by the shell in [0, 1), for retry backoff
     retention_ms: int = 24 * 3600 * 1000  # how long a finished invocation is remembered
+    rule: LimitRule | None = None  # the rule governing the invocation's queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +144,10 @@ def decide(
                 status=transition(invocation.status, Transition.RESUME), wake_at_ms=None
             )
             return _enqueue_and_start(pending, queue, ctx)
+        case Admitted():
+            if invocation is None or invocation.status is not InvocationStatus.PENDING:
+                return Decision(effects=(Ignored("only a pending invocation can be admitted"),))
+            return _start(invocation, queue, ctx)
 
 
 def _arrived(
@@ -158,16 +172,33 @@ def _arrived(
             invocation=failed,
             effects=(DeadLetter(reason), EmitResult(_result(failed))),
         )
+    rule = ctx.rule
+    if rule is not None and rule.max_queued is not None and queue.queued >= rule.max_queued:
+        reason = (
+            f"queue {request.queue_id} is full: {queue.queued} invocations wait, and rule "
+            f"{rule.id!r} ({rule.pattern}) allows max_queued={rule.max_queued}"
+        )
+        failure = Failure(reason, "QueueFull", terminal=True)
+        rejected = Invocation(
+            request,
+            InvocationStatus.FAILED,
+            finished_at_ms=ctx.now_ms,
+            last_failure=failure,
+            wake_at_ms=ctx.now_ms + ctx.retention_ms,
+        )
+        return Decision(invocation=rejected, effects=(EmitResult(_result(rejected)),))
     pending = Invocation(request, InvocationStatus.PENDING)
     return _enqueue_and_start(pending, queue, ctx)
 
 
 def _enqueue_and_start(pending: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> Decision:
-    queued = VirtualQueue(queue.id, queue.queued + 1, queue.running, queue.next_seq + 1)
+    queued = replace(queue, queued=queue.queued + 1, next_seq=queue.next_seq + 1)
     pending = pending.evolve(queue_seq=queue.next_seq)
-    # Flow-control rules (next issue) decide here whether the head may start; with no
-    # rule in force every queued invocation is admitted at once.
-    return _start(pending, queued, ctx)
+    # Nobody waits ahead and the limits allow a start: run at once. Otherwise it waits
+    # for the shell to admit the queue's head (`Admitted`) in priority and FIFO order.
+    if queue.queued == 0 and isinstance(admission(queue, ctx.rule, ctx.now_ms), Admit):
+        return _start(pending, queued, ctx)
+    return Decision(pending, queued)
 
 
 def _start(pending: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> Decision:
@@ -180,7 +211,13 @@ def _start(pending: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> De
         first_started_at_ms=pending.first_started_at_ms or ctx.now_ms,
     )
     order = DispatchOrder(pending.request, attempt, pending.journal)
-    admitted = VirtualQueue(queue.id, queue.queued - 1, queue.running + 1, queue.next_seq)
+    rate = ctx.rule.rate_per_s if ctx.rule is not None else None
+    tat = (
+        gcra_started(RateState(queue.rate_tat_ms), rate, ctx.now_ms).tat_ms
+        if rate is not None
+        else queue.rate_tat_ms
+    )
+    admitted = replace(queue, queued=queue.queued - 1, running=queue.running + 1, rate_tat_ms=tat)
     return Decision(running, admitted, (Dispatch(order),))
 
 
@@ -222,7 +259,10 @@ def _journal(
                 finished_at_ms=ctx.now_ms,
             )
             return Decision(done, _release(queue), (EmitResult(_result(done)),))
-        case AttemptFailed(failure=failure, retry_after_ms=retry_after_ms):
+        case AttemptFailed(failure=failure, retry_after_ms=retry_after_ms, hold_queue=hold):
+            if hold and retry_after_ms is not None:
+                until = ctx.now_ms + retry_after_ms
+                queue = replace(queue, paused_until_ms=max(queue.paused_until_ms or 0, until))
             return _failed(invocation, queue, failure, retry_after_ms, ctx)
         case AttemptFenced(reason=reason):
             failure = Failure(f"attempt {invocation.attempt} fenced: {reason}", "AttemptFenced")
@@ -287,7 +327,7 @@ def _timer(invocation: Invocation | None, queue: VirtualQueue, ctx: DecisionCont
 
 
 def _release(queue: VirtualQueue) -> VirtualQueue:
-    return VirtualQueue(queue.id, queue.queued, queue.running - 1, queue.next_seq)
+    return replace(queue, running=queue.running - 1)
 
 
 def _result(invocation: Invocation) -> InvocationResult:

@@ -47,7 +47,8 @@ class Invocation:
 class VirtualQueue:
     """Counts of one virtual queue; `next_seq` orders entries FIFO within a priority.
 
-    A queue with nothing queued or running is dropped from state, so idle queues cost
+    `rate_tat_ms` is the GCRA state of the queue's rate limit. A queue with nothing
+    queued or running and no rate debt left is dropped from state, so idle queues cost
     nothing.
     """
 
@@ -55,7 +56,13 @@ class VirtualQueue:
     queued: int = 0
     running: int = 0
     next_seq: int = 0
+    rate_tat_ms: float = 0.0
+    paused_until_ms: int | None = None
 
-    @property
-    def is_idle(self) -> bool:
-        return self.queued == 0 and self.running == 0
+    def is_idle_at(self, now_ms: int) -> bool:
+        return (
+            self.queued == 0
+            and self.running == 0
+            and self.rate_tat_ms <= now_ms
+            and (self.paused_until_ms or 0) <= now_ms
+        )

@@ -26,7 +26,7 @@ from pipeline.core.model import (
     Failure,
     JournalRecord,
 )
-from pipeline.errors import LeaseLost, RetryableError, TerminalError
+from pipeline.errors import LeaseLost, RateLimited, RetryableError, TerminalError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.kafka_clients import AsyncProducer
 from pipeline.runtime.tracing import extract_context, inject_headers
@@ -115,7 +115,11 @@ def attempt_failed(order: DispatchOrder, error: Exception) -> AttemptFailed:
     if isinstance(error, RetryableError):  # NonDeterminismError included
         failure = Failure(error.message, error_type, terminal=False)
         return AttemptFailed(
-            order.request.id, order.attempt, failure, retry_after_ms=error.retry_after_ms
+            order.request.id,
+            order.attempt,
+            failure,
+            retry_after_ms=error.retry_after_ms,
+            hold_queue=isinstance(error, RateLimited),
         )
     failure = Failure(f"{error_type}: {error}", error_type, terminal=False)
     return AttemptFailed(order.request.id, order.attempt, failure)

@@ -27,9 +27,11 @@ from confluent_kafka import (
 )
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.limits import RuleSet
 from pipeline.core.model import ServiceDefinition
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import DecodeError, NotFoundError, RetryableError
+from pipeline.runtime.limit_rules import decode_record, newest
 from pipeline.runtime.scheduler.partition_state import INVOCATION_PREFIX, QUEUE_PREFIX
 from topics import TopicNames
 
@@ -288,6 +290,36 @@ class ServiceCatalogView(_CompactedTopicView):
         _put(self._lock, self._services, key, service)
 
 
+class LimitRulesView(_CompactedTopicView):
+    """The newest limit rule set on the limits control topic (version 0 before any).
+
+    A process that writes rules offers what it wrote (`offer`), so that it reads its own
+    write at once; the record, when it comes back, is not newer and changes nothing.
+    """
+
+    def __init__(self, bootstrap: str, names: TopicNames, codec: WireCodec) -> None:
+        super().__init__(bootstrap, names.limits)
+        self._codec = codec
+        self._ruleset = RuleSet()
+
+    def ruleset(self) -> RuleSet:
+        with self._lock:
+            return self._ruleset
+
+    def offer(self, ruleset: RuleSet) -> bool:
+        """Keep `ruleset` if it is newer than the one held; True when it was."""
+        with self._lock:
+            kept = newest(self._ruleset, ruleset)
+            changed = kept is not self._ruleset
+            self._ruleset = kept
+        return changed
+
+    def _apply(self, key: str, value: bytes | None) -> None:
+        candidate = decode_record(self._codec, key.encode(), value)
+        if candidate is not None:
+            self.offer(candidate)
+
+
 def _put(lock: threading.Lock, table: dict[str, _V], key: str, value: _V | None) -> None:
     with lock:
         if value is None:
@@ -296,4 +328,4 @@ def _put(lock: threading.Lock, table: dict[str, _V], key: str, value: _V | None)
             table[key] = value
 
 
-__all__ = ["SchedulerStateView", "ServiceCatalogView"]
+__all__ = ["LimitRulesView", "SchedulerStateView", "ServiceCatalogView"]

@@ -20,6 +20,7 @@ from pipeline.examples.greeter import service as greeter
 from pipeline.runtime.commands import InvocationCommandProducer
 from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
+from tests.support.limit_rules import memory_limit_rules
 from tests.support.runtime import running_pipeline, runtime_settings
 from topics.provision import TopicMismatch, provision
 
@@ -99,7 +100,13 @@ def test_admin_api_shows_an_invocation_from_the_changelog(settings: Settings) ->
     catalog.start()
     try:
         assert state.wait_caught_up(30) and catalog.wait_caught_up(30)
-        app = create_app(settings, invocations=state, services=catalog, commands=commands)
+        app = create_app(
+            settings,
+            invocations=state,
+            services=catalog,
+            commands=commands,
+            limits=memory_limit_rules(),
+        )
         token = settings.admin_api_tokens[0].get_secret_value()
         http = TestClient(app, headers={"Authorization": f"Bearer {token}"})
         deadline = time.monotonic() + 10

@@ -24,6 +24,7 @@ from pipeline.core.state import Invocation
 from pipeline.runtime.commands import InvocationCommandProducer
 from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
+from tests.support.limit_rules import memory_limit_rules
 from tests.support.runtime import running_pipeline, runtime_settings
 
 pytestmark = pytest.mark.integration
@@ -120,7 +121,13 @@ def test_admin_api_resumes_a_paused_invocation_to_completion(
         )
         catalog.start()
         try:
-            app = create_app(settings, invocations=state_view, services=catalog, commands=commands)
+            app = create_app(
+                settings,
+                invocations=state_view,
+                services=catalog,
+                commands=commands,
+                limits=memory_limit_rules(),
+            )
             token = settings.admin_api_tokens[0].get_secret_value()
             http = TestClient(app, headers={"Authorization": f"Bearer {token}"})
             response = http.post(f"/invocations/{invocation_id}/resume")

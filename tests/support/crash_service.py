@@ -7,6 +7,7 @@ seen was executed again.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 
@@ -38,4 +39,6 @@ async def work(ctx: Context, request: int) -> int:
         token = await ctx.run(f"step-{step}", execute)
         _append(f"seen {ctx.invocation_id} {step} {token}")
         total += step
+        # Work in flight at any moment, so that every kill lands in the middle of some.
+        await asyncio.sleep(0.01)
     return request + total

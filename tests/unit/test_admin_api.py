@@ -23,7 +23,9 @@ from pipeline.core.model import (
 )
 from pipeline.core.state import Invocation
 from pipeline.errors import RetryableError, ValidationError
+from pipeline.runtime.limit_rules import LimitRuleStore
 from pipeline.settings import Settings
+from tests.support.limit_rules import memory_limit_rules
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -69,12 +71,14 @@ def client(
     invocations: Iterable[Invocation] = (),
     services: Iterable[ServiceDefinition] = (),
     commands: CommandLog | None = None,
+    limits: LimitRuleStore | None = None,
 ) -> TestClient:
     app = create_app(
         settings(),
         invocations=InvocationTable(invocations),
         services=ServiceTable(services),
         commands=commands if commands is not None else CommandLog(),
+        limits=limits if limits is not None else memory_limit_rules(),
     )
     return TestClient(app)
 
@@ -157,6 +161,7 @@ def test_any_configured_token_is_accepted() -> None:
         invocations=InvocationTable(),
         services=ServiceTable(),
         commands=CommandLog(),
+        limits=memory_limit_rules(),
     )
 
     response = TestClient(app).get("/services", headers={"Authorization": "Bearer second"})
@@ -171,6 +176,7 @@ def test_an_app_without_tokens_is_refused_at_build_time() -> None:
             invocations=InvocationTable(),
             services=ServiceTable(),
             commands=CommandLog(),
+            limits=memory_limit_rules(),
         )
 
 
@@ -398,6 +404,8 @@ def test_openapi_documents_every_route_with_a_summary() -> None:
         "/invocations/{invocation_id}/resume",
         "/services",
         "/services/{name}",
+        "/limits/rules",
+        "/limits/rules/{rule_id}",
     }
     for path, operations in paths.items():
         for method, operation in operations.items():

@@ -113,7 +113,7 @@ def requests(draw: st.DrawFn) -> InvocationRequest:
 JOURNAL_RECORDS: st.SearchStrategy[JournalRecord] = st.one_of(
     st.builds(EntryAppended, st.text(max_size=10), INT, ENTRIES),
     st.builds(AttemptCompleted, st.text(max_size=10), INT, st.binary(max_size=20)),
-    st.builds(AttemptFailed, st.text(max_size=10), INT, FAILURES, st.none() | LONG),
+    st.builds(AttemptFailed, st.text(max_size=10), INT, FAILURES, st.none() | LONG, st.booleans()),
     st.builds(AttemptFenced, st.text(max_size=10), INT, st.text(max_size=20)),
 )
 

@@ -117,7 +117,7 @@ def test_completion_emits_one_result_and_frees_the_slot() -> None:
     [effect] = d.journal(AttemptCompleted("a", 1, b'"hi"'))
     assert isinstance(effect, EmitResult)
     assert effect.result.status is ResultStatus.COMPLETED and effect.result.output == b'"hi"'
-    assert d.queues[str(TARGET_QUEUE)].is_idle
+    assert d.queues[str(TARGET_QUEUE)].is_idle_at(d.now)
     # A duplicate completion and a duplicate request change nothing.
     assert isinstance(d.journal(AttemptCompleted("a", 1, b"x"))[0], Ignored)
     assert isinstance(d.arrive("a")[0], Ignored)

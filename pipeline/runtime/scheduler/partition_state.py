@@ -14,6 +14,7 @@ import logging
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import QueueId
 from pipeline.core.state import Invocation, VirtualQueue
 
@@ -29,6 +30,11 @@ class PartitionState:
         self.invocations: dict[str, Invocation] = {}
         self.queues: dict[QueueId, VirtualQueue] = {}
         self._timers: list[tuple[int, str]] = []
+        # Derived from the pending invocations, so never written anywhere: per queue, a
+        # heap of (priority, seq, id); stale entries are skipped when read.
+        self._waiting: dict[QueueId, list[tuple[int, int, str]]] = {}
+        self._queue_wakes: list[tuple[int, QueueId]] = []
+        self._touched_queues: set[QueueId] = set()
         self.dirty_invocations: set[str] = set()
         self.dirty_queues: set[QueueId] = set()
 
@@ -39,6 +45,9 @@ class PartitionState:
         self.invocations[invocation.id] = invocation
         if invocation.wake_at_ms is not None:
             heapq.heappush(self._timers, (invocation.wake_at_ms, invocation.id))
+        if invocation.status is InvocationStatus.PENDING:
+            entry = (invocation.request.priority, invocation.queue_seq, invocation.id)
+            heapq.heappush(self._waiting.setdefault(invocation.queue_id, []), entry)
         if dirty:
             self.dirty_invocations.add(invocation.id)
 
@@ -46,16 +55,46 @@ class PartitionState:
         self.invocations.pop(invocation_id, None)
         self.dirty_invocations.add(invocation_id)
 
-    def put_queue(self, queue: VirtualQueue, *, dirty: bool = True) -> None:
-        if queue.is_idle:
+    def put_queue(self, queue: VirtualQueue, now_ms: int | None = None) -> None:
+        """Store a queue's new state; `now_ms` None means restoring (nothing is dirty)."""
+        if now_ms is not None and queue.is_idle_at(now_ms):
             self.queues.pop(queue.id, None)
+            self._waiting.pop(queue.id, None)
         else:
             self.queues[queue.id] = queue
-        if dirty:
+        if now_ms is not None:
             self.dirty_queues.add(queue.id)
+            self._touched_queues.add(queue.id)
+
+    def waiting_head(self, queue_id: QueueId) -> str | None:
+        """The pending invocation that starts next in this queue, if any."""
+        heap = self._waiting.get(queue_id)
+        while heap:
+            _, seq, invocation_id = heap[0]
+            invocation = self.invocations.get(invocation_id)
+            if (
+                invocation is not None
+                and invocation.status is InvocationStatus.PENDING
+                and invocation.queue_seq == seq
+            ):
+                return invocation_id
+            heapq.heappop(heap)
+        return None
+
+    def wake_queue_at(self, queue_id: QueueId, at_ms: int) -> None:
+        heapq.heappush(self._queue_wakes, (at_ms, queue_id))
+
+    def queues_to_pump(self, now_ms: int, *, everything: bool = False) -> list[QueueId]:
+        """Queues whose head may be admitted: touched since last time, or due to wake."""
+        due = set(self.queues) if everything else self._touched_queues
+        self._touched_queues = set()
+        while self._queue_wakes and self._queue_wakes[0][0] <= now_ms:
+            due.add(heapq.heappop(self._queue_wakes)[1])
+        return [q for q in due if (queue := self.queues.get(q)) is not None and queue.queued]
 
     def next_wake_ms(self) -> int | None:
-        return self._timers[0][0] if self._timers else None
+        wakes = [heap[0][0] for heap in (self._timers, self._queue_wakes) if heap]
+        return min(wakes) if wakes else None
 
     def pop_due(self, now_ms: int) -> list[str]:
         """Ids whose timer is due; stale heap entries (timer since moved) are dropped."""
@@ -131,6 +170,6 @@ def _apply_changelog_record(
         if value is None:
             state.queues.pop(queue_id, None)
         else:
-            state.put_queue(codec.decode_queue_state(value), dirty=False)
+            state.put_queue(codec.decode_queue_state(value))
     else:
         log.warning("skipping changelog record with unknown key %r", text)

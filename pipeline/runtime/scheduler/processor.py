@@ -28,9 +28,18 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.codec.records import WireCodec
-from pipeline.core.model import HandlerDefinition, QueueSnapshot, ResumeInvocation, Target
+from pipeline.core.admission import Blocked, admission
+from pipeline.core.limits import LimitRule, RuleSet, governing_rule
+from pipeline.core.model import (
+    HandlerDefinition,
+    QueueId,
+    QueueSnapshot,
+    ResumeInvocation,
+    Target,
+)
 from pipeline.core.partitioning import partition_for
 from pipeline.core.scheduler import (
+    Admitted,
     AppendFence,
     DeadLetter,
     Decision,
@@ -47,6 +56,7 @@ from pipeline.core.scheduler import (
 )
 from pipeline.errors import DecodeError
 from pipeline.runtime.clock import wall_clock_ms
+from pipeline.runtime.limit_rules import LimitRuleReader
 from pipeline.runtime.scheduler.partition_state import (
     INVOCATION_PREFIX,
     QUEUE_PREFIX,
@@ -80,6 +90,12 @@ class SchedulerProcessor:
         self._registry: ServiceRegistry | None = None
         self._offsets: dict[tuple[str, int], int] = {}
         self._instance = settings.instance_id or uuid.uuid4().hex[:12]
+        self._rules: tuple[LimitRule, ...] = ()
+        self._rules_version = 0
+        self._rule_cache: dict[QueueId, LimitRule | None] = {}
+        # Set when every waiting queue must be looked at again: new rules (a raised limit
+        # or an unpause wakes parked work at once) or newly assigned partitions.
+        self._pump_all = False
 
     # -- configuration ---------------------------------------------------------------
 
@@ -136,6 +152,10 @@ class SchedulerProcessor:
         registry = ServiceRegistry(self._side_consumer_config(), self._names.services, self._codec)
         registry.catch_up(30)
         self._registry = registry
+        rules = LimitRuleReader(
+            self._settings.kafka_bootstrap_servers, self._names.limits, self._codec
+        )
+        rules.catch_up(30)
         consumer = Consumer(self._consumer_config())
         consumer.subscribe(
             [self._names.invocations, self._names.journal],
@@ -147,6 +167,9 @@ class SchedulerProcessor:
         try:
             while not stop.is_set():
                 registry.poll()
+                rules.poll()
+                if rules.ruleset().version != self._rules_version:
+                    self.set_rules(rules.ruleset())
                 batch = self._next_batch(consumer)
                 now = self._clock()
                 if batch or self._timers_due(now):
@@ -154,6 +177,7 @@ class SchedulerProcessor:
         finally:
             consumer.close()
             registry.close()
+            rules.close()
             producer.flush(10)
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
@@ -172,7 +196,40 @@ class SchedulerProcessor:
         return min(max((min(wakes) - self._clock()) / 1000, 0.0), 0.1)
 
     def _timers_due(self, now: int) -> bool:
-        return any((w := s.next_wake_ms()) is not None and w <= now for s in self._states.values())
+        return self._pump_all or any(
+            (w := s.next_wake_ms()) is not None and w <= now for s in self._states.values()
+        )
+
+    def set_rules(self, ruleset: RuleSet) -> None:
+        """Put new limit rules in force; waiting work is re-examined in the next batch."""
+        log.info("limit rules version %d in force: %d rules", ruleset.version, len(ruleset.rules))
+        self._rules = ruleset.rules
+        self._rules_version = ruleset.version
+        self._rule_cache.clear()
+        self._pump_all = True
+
+    def _rule_for(self, queue_id: QueueId) -> LimitRule | None:
+        try:
+            return self._rule_cache[queue_id]
+        except KeyError:
+            rule = self._rule_cache[queue_id] = governing_rule(self._rules, queue_id)
+            return rule
+
+    def _pump(self, state: PartitionState, now: int, *, everything: bool) -> None:
+        """Start the heads of waiting queues, in priority and FIFO order, within limits."""
+        for queue_id in state.queues_to_pump(now, everything=everything):
+            rule = self._rule_for(queue_id)
+            while (queue := state.queues.get(queue_id)) is not None and queue.queued > 0:
+                verdict = admission(queue, rule, now)
+                if isinstance(verdict, Blocked):
+                    if verdict.until_ms is not None:
+                        state.wake_queue_at(queue_id, verdict.until_ms)
+                    break
+                head = state.waiting_head(queue_id)
+                if head is None:
+                    log.error("queue %s counts %d waiting but has none", queue_id, queue.queued)
+                    break
+                self._apply(state, head, Admitted(head), now)
 
     def _process(
         self, consumer: Consumer, producer: Producer, batch: list[Message], now: int
@@ -187,6 +244,9 @@ class SchedulerProcessor:
                 for state in list(self._states.values()):
                     for invocation_id in state.pop_due(now):
                         self._apply(state, invocation_id, TimerDue(invocation_id), now)
+            everything, self._pump_all = self._pump_all, False
+            for state in list(self._states.values()):
+                self._pump(state, now, everything=everything)
             self._write_changes(producer, now)
             if self._offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
@@ -208,6 +268,7 @@ class SchedulerProcessor:
         self._offsets.clear()
         partitions = sorted(self._states)
         self._states = {p: self._restore(p) for p in partitions}
+        self._pump_all = True
         committed = consumer.committed(consumer.assignment(), timeout=30)
         for tp in committed:
             consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
@@ -218,6 +279,7 @@ class SchedulerProcessor:
         for p in sorted({tp.partition for tp in partitions}):
             if p not in self._states:
                 self._states[p] = self._restore(p)
+        self._pump_all = True
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in {tp.partition for tp in partitions}:
@@ -307,9 +369,16 @@ class SchedulerProcessor:
             return
         handler = self._handler(request.target, refresh=invocation is None)
         queue = state.queue(request.queue_id)
-        context = DecisionContext(now, handler, self._settings.lease_timeout_ms, self._rng.random())
+        context = DecisionContext(
+            now,
+            handler,
+            self._settings.lease_timeout_ms,
+            self._rng.random(),
+            retention_ms=self._settings.retention_ms,
+            rule=self._rule_for(request.queue_id),
+        )
         decision = decide(invocation, queue, event, context)
-        self._store(state, invocation_id, decision)
+        self._store(state, invocation_id, decision, now)
         self._execute(state, decision, source)
 
     def _handler(self, target: Target, *, refresh: bool) -> HandlerDefinition | None:
@@ -323,13 +392,15 @@ class SchedulerProcessor:
             handler = registry.handler(target)
         return handler
 
-    def _store(self, state: PartitionState, invocation_id: str, decision: Decision) -> None:
+    def _store(
+        self, state: PartitionState, invocation_id: str, decision: Decision, now: int
+    ) -> None:
         if decision.forget:
             state.forget_invocation(invocation_id)
         if decision.invocation is not None:
             state.put_invocation(decision.invocation)
         if decision.queue is not None:
-            state.put_queue(decision.queue)
+            state.put_queue(decision.queue, now)
 
     def _execute(self, state: PartitionState, decision: Decision, source: Message | None) -> None:
         for effect in decision.effects:

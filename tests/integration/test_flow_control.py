@@ -1,0 +1,127 @@
+"""Limits enforced end to end, measured from what the handlers actually ran."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline import Context, Service
+from pipeline.client import Client, InvocationFailed
+from pipeline.codec.records import WireCodec
+from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put
+from pipeline.runtime.limit_rules import LimitRuleWriter
+from pipeline.settings import Settings
+from tests.support.runtime import running_pipeline, runtime_settings
+
+pytestmark = pytest.mark.integration
+
+# (limit key, start, end) of every run, as the handler saw it.
+runs: list[tuple[str, float, float]] = []
+runs_lock = threading.Lock()
+service = Service("Flow")
+
+
+@service.handler()
+async def hold(ctx: Context, request: dict[str, object]) -> None:
+    started = time.monotonic()
+    await asyncio.sleep(float(request["seconds"]))  # type: ignore[arg-type]
+    with runs_lock:
+        runs.append((str(request["key"]), started, time.monotonic()))
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, topic_prefix: str) -> Iterator[Settings]:
+    runs.clear()
+    settings = runtime_settings(kafka_bootstrap, topic_prefix, worker_slots=512)
+    with running_pipeline(settings, [service]):
+        yield settings
+
+
+def write_rules(settings: Settings, version: int, *rules: LimitRule) -> None:
+    codec = WireCodec()
+    writer = LimitRuleWriter(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    try:
+        writer.write(put(RuleSet(version=version), rules, expected_version=version))
+    finally:
+        writer.close()
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def wait_for_runs(count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(runs) < count:
+        assert time.monotonic() < deadline, f"{len(runs)} of {count} ran in {timeout_s} s"
+        time.sleep(0.05)
+
+
+def test_concurrency_two_per_key_over_a_thousand_keys(settings: Settings) -> None:
+    write_rules(settings, 0, LimitRule("per-user", RulePattern.parse("acme/*"), concurrency=2))
+    time.sleep(1)  # the scheduler polls the rules between batches
+    with Client(settings) as client:
+        requests = [
+            client.request(
+                "Flow/hold",
+                {"key": f"user-{i // 10}", "seconds": 0.05},
+                scope="acme",
+                limit_key=f"user-{i // 10}",
+            )
+            for i in range(10_000)
+        ]
+        client.send_requests(requests)
+    wait_for_runs(10_000, timeout_s=240)
+    by_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for key, start, end in runs:
+        by_key[key].append((start, end))
+    assert len(by_key) == 1_000
+    worst = max(max_overlap(intervals) for intervals in by_key.values())
+    assert worst <= 2, f"a key ran {worst} at once"
+    assert worst == 2, "the limit should be reached, or the test proves nothing"
+
+
+def test_a_paused_queue_starts_nothing_until_resumed(settings: Settings) -> None:
+    rule = LimitRule("pause", RulePattern.parse("acme/paused"), paused=True)
+    write_rules(settings, 0, rule)
+    time.sleep(1)
+    with Client(settings) as client:
+        for _ in range(5):
+            client.send(
+                "Flow/hold", {"key": "paused", "seconds": 0}, scope="acme", limit_key="paused"
+            )
+        time.sleep(2)
+        assert runs == []
+        write_rules(settings, 1, LimitRule("pause", RulePattern.parse("acme/paused")))
+        wait_for_runs(5, timeout_s=30)
+
+
+def test_a_full_queue_rejects_with_a_clear_error(settings: Settings) -> None:
+    rule = LimitRule("cap", RulePattern.parse("acme/capped"), concurrency=1, max_queued=2)
+    write_rules(settings, 0, rule)
+    time.sleep(1)
+    with Client(settings) as client:
+        ids = [
+            client.send(
+                "Flow/hold", {"key": "capped", "seconds": 1}, scope="acme", limit_key="capped"
+            )
+            for _ in range(3)
+        ]
+        with pytest.raises(InvocationFailed) as rejected:
+            client.call(
+                "Flow/hold", {"key": "capped", "seconds": 0}, scope="acme", limit_key="capped"
+            )
+        assert rejected.value.result.failure is not None
+        assert "acme/capped is full" in rejected.value.result.failure.message
+        for invocation_id in ids:
+            assert client.result(invocation_id, timeout_s=30).attempts == 1

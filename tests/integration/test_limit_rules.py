@@ -1,0 +1,194 @@
+"""Limit rules on the real broker: the Admin API writes, other processes read the same."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from fastapi.testclient import TestClient
+
+from admin_api import create_app
+from pipeline.codec.records import WireCodec
+from pipeline.core.limits import LimitRule, RulePattern, RuleSet
+from pipeline.runtime.limit_rules import (
+    RULES_KEY,
+    LimitRuleReader,
+    LimitRuleStore,
+    LimitRuleWriter,
+)
+from pipeline.runtime.views import LimitRulesView
+from pipeline.settings import Settings
+from tests.support.runtime import runtime_settings
+from tests.unit.test_admin_api import CommandLog, InvocationTable, ServiceTable
+from topics.provision import provision
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, topic_prefix: str) -> Settings:
+    settings = runtime_settings(kafka_bootstrap, topic_prefix)
+    provision(kafka_bootstrap, settings.catalogue)
+    return settings
+
+
+@pytest.fixture
+def codec() -> WireCodec:
+    return WireCodec()
+
+
+@pytest.fixture
+def api(settings: Settings, codec: WireCodec) -> Iterator[TestClient]:
+    """The Admin API over the real view and writer, as `admin_api.server` wires them."""
+    view = LimitRulesView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+    writer = LimitRuleWriter(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    view.start()
+    try:
+        assert view.wait_caught_up(TIMEOUT_S)
+        app = create_app(
+            settings,
+            invocations=InvocationTable(),
+            services=ServiceTable(),
+            commands=CommandLog(),
+            limits=LimitRuleStore(view, writer),
+        )
+        token = settings.admin_api_tokens[0].get_secret_value()
+        yield TestClient(app, headers={"Authorization": f"Bearer {token}"})
+    finally:
+        view.stop()
+        writer.close()
+
+
+def read_rules(settings: Settings, codec: WireCodec) -> RuleSet:
+    """What another process (a scheduler) reads from the beginning of the topic."""
+    reader = LimitRuleReader(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    try:
+        reader.catch_up(TIMEOUT_S)
+        return reader.ruleset()
+    finally:
+        reader.close()
+
+
+def write_directly(settings: Settings, codec: WireCodec, ruleset: RuleSet) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    producer.produce(settings.topic_names.limits, codec.encode_ruleset(ruleset), RULES_KEY)
+    assert producer.flush(TIMEOUT_S) == 0
+
+
+ACME = LimitRule("acme", RulePattern.parse("acme/*"), concurrency=2)
+VIP = LimitRule("vip", RulePattern.parse("acme/vip"), rate_per_s=50.0, burst=10)
+
+
+def test_a_put_through_the_api_is_what_another_reader_sees(
+    api: TestClient, settings: Settings, codec: WireCodec
+) -> None:
+    assert read_rules(settings, codec) == RuleSet()
+
+    put = api.put(
+        "/limits/rules",
+        json={
+            "rules": [
+                {"id": "acme", "pattern": "acme/*", "concurrency": 2},
+                {"id": "vip", "pattern": "acme/vip", "rate": 50, "burst": 10},
+            ],
+            "if_version": 0,
+        },
+    )
+    assert put.status_code == 200, put.text
+    assert put.json()["version"] == 1
+    # Read-your-write: the view shows it before the record comes back from Kafka.
+    assert api.get("/limits/rules").json() == put.json()
+    assert read_rules(settings, codec) == RuleSet(1, (ACME, VIP))
+
+    deleted = api.delete("/limits/rules/vip", params={"if_version": 1})
+    assert deleted.status_code == 200, deleted.text
+    assert read_rules(settings, codec) == RuleSet(2, (ACME,))
+
+    stale = api.put("/limits/rules", json={"rules": [{"id": "x", "pattern": "*"}], "if_version": 1})
+    assert stale.status_code == 409
+    assert read_rules(settings, codec) == RuleSet(2, (ACME,))
+
+
+def test_a_stale_record_never_takes_rules_back(settings: Settings, codec: WireCodec) -> None:
+    current = RuleSet(5, (ACME,))
+    write_directly(settings, codec, current)
+    write_directly(settings, codec, RuleSet(3, (VIP,)))
+    # The same version again, with other rules: the first one written stays.
+    write_directly(settings, codec, RuleSet(5, (VIP,)))
+
+    assert read_rules(settings, codec) == current
+
+    view = LimitRulesView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+    view.start()
+    try:
+        assert view.wait_caught_up(TIMEOUT_S)
+        assert view.ruleset() == current
+    finally:
+        view.stop()
+
+
+def test_a_reader_polls_changes_as_they_come(settings: Settings, codec: WireCodec) -> None:
+    reader = LimitRuleReader(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    writer = LimitRuleWriter(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    try:
+        reader.catch_up(TIMEOUT_S)
+        writer.write(RuleSet(1, (ACME,)))
+        reader.catch_up(TIMEOUT_S)
+        assert reader.ruleset() == RuleSet(1, (ACME,))
+        reader.poll()  # nothing new: no change, no wait
+        assert reader.ruleset().version == 1
+
+        writer.write(RuleSet(2, (ACME, VIP)))
+        deadline = time.monotonic() + TIMEOUT_S
+        while reader.ruleset().version < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+            reader.poll()
+        assert reader.ruleset() == RuleSet(2, (ACME, VIP))
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_cli_puts_and_gets_rules(settings: Settings, codec: WireCodec, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": [{"id": "acme", "pattern": "acme/*", "concurrency": 2}]}))
+
+    put = _cli(settings, "limits", "put", str(rules))
+    assert put.returncode == 0, put.stderr
+    assert json.loads(put.stdout)["version"] == 1
+
+    got = _cli(settings, "limits", "get")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == json.loads(put.stdout)
+    assert read_rules(settings, codec) == RuleSet(1, (ACME,))
+
+    rules.write_text(json.dumps({"rules": [{"id": "b", "pattern": "*"}], "if_version": 0}))
+    conflict = _cli(settings, "limits", "put", str(rules))
+    assert conflict.returncode == 2
+    assert "at version 1, not the expected version 0" in conflict.stderr
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
