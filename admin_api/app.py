@@ -29,18 +29,32 @@ from admin_api.models import (
     InvocationResponse,
     LimitRuleSetResponse,
     LimitRulesPut,
+    QueueListResponse,
+    QueueResponse,
     ResumeResponse,
     ServiceListResponse,
     ServiceResponse,
     invocation_response,
     limit_rule,
+    queue_list_response,
+    queue_response,
     ruleset_response,
     service_list_response,
     service_response,
 )
 from admin_api.ports import InvocationCommands, InvocationReader, LimitRules, ServiceReader
 from pipeline.core import limits as rule_sets
+from pipeline.core.introspection import (
+    DEFAULT_SCOPE,
+    WaitingReport,
+    parse_queue_address,
+    parse_scope,
+    queue_address,
+    queue_report,
+    waiting_report,
+)
 from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.model import QueueId
 from pipeline.core.state import Invocation
 from pipeline.errors import (
     ConflictError,
@@ -49,13 +63,15 @@ from pipeline.errors import (
     RetryableError,
     ValidationError,
 )
+from pipeline.runtime.clock import wall_clock_ms
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _DESCRIPTION = """\
-Inspect what pipeline runs: invocations with their journal and last error, and the
-services that worker deployments announce. Resume invocations that paused after their
+Inspect what pipeline runs: invocations with their journal and last error, the virtual
+queues they wait in and what holds each back, and the services that worker deployments
+announce. Resume invocations that paused after their
 last retry. Change the limit rules of virtual queues while everything runs.
 
 Every route except `/health` needs a bearer token from `PIPELINE_ADMIN_API_TOKENS`,
@@ -106,8 +122,12 @@ def create_app(
     services: ServiceReader,
     commands: InvocationCommands,
     limits: LimitRules,
+    clock: Callable[[], int] = wall_clock_ms,
 ) -> FastAPI:
-    """Build the Admin API over the given ports; nothing runs until a server serves it."""
+    """Build the Admin API over the given ports; nothing runs until a server serves it.
+
+    `clock` (epoch ms) is what "now" means when a report says until when a queue waits.
+    """
     app = FastAPI(
         title="pipeline Admin API",
         description=_DESCRIPTION,
@@ -124,7 +144,8 @@ def create_app(
 
     require_token = _bearer_auth(_accepted_tokens(settings))
     for router in (
-        _inspection_routes(invocations, services),
+        _inspection_routes(invocations, services, limits, clock),
+        _queue_routes(invocations, limits, clock),
         _command_routes(invocations, commands),
         _limit_routes(limits),
     ):
@@ -142,17 +163,27 @@ def _known_invocation(invocations: InvocationReader, invocation_id: str) -> Invo
     return invocation
 
 
-def _inspection_routes(invocations: InvocationReader, services: ServiceReader) -> APIRouter:
+def _inspection_routes(
+    invocations: InvocationReader,
+    services: ServiceReader,
+    limits: LimitRules,
+    clock: Callable[[], int],
+) -> APIRouter:
     router = APIRouter()
 
     @router.get(
         "/invocations/{invocation_id:path}",
         summary="Inspect one invocation: status, attempts, queue, journal, last error",
+        description=(
+            "A pending invocation also shows `waiting`: its position in its queue and "
+            "what holds the queue back."
+        ),
         tags=["invocations"],
         responses={404: {"model": ErrorResponse, "description": "No such invocation."}},
     )
     def get_invocation(invocation_id: _InvocationId) -> InvocationResponse:
-        return invocation_response(_known_invocation(invocations, invocation_id))
+        invocation = _known_invocation(invocations, invocation_id)
+        return invocation_response(invocation, _waiting(invocation, invocations, limits, clock))
 
     @router.get(
         "/services",
@@ -180,6 +211,100 @@ def _inspection_routes(invocations: InvocationReader, services: ServiceReader) -
         return service_response(service)
 
     return router
+
+
+def _waiting(
+    invocation: Invocation,
+    invocations: InvocationReader,
+    limits: LimitRules,
+    clock: Callable[[], int],
+) -> WaitingReport | None:
+    if invocation.status is not InvocationStatus.PENDING:
+        return None
+    queue = next((q for q in invocations.queues() if q.id == invocation.queue_id), None)
+    return waiting_report(
+        invocation, invocations.invocations(), queue, limits.ruleset().rules, clock()
+    )
+
+
+_HOW_QUEUES_ARE_NAMED = f"""\
+A virtual queue is (scope, limit key). An invocation sent without a scope waits in its
+service's default queue, which has no scope: address it with `{DEFAULT_SCOPE}` as the scope,
+e.g. `/queues/{DEFAULT_SCOPE}/Greeter` (`{DEFAULT_SCOPE}` is never a valid scope). Only
+queues with something queued, running or a rate limit still spent exist: an idle queue
+leaves no state.
+"""
+
+_MAX_SCOPE_SEGMENT = 64
+_MAX_LIMIT_KEY = 257
+
+
+def _queue_routes(
+    invocations: InvocationReader, limits: LimitRules, clock: Callable[[], int]
+) -> APIRouter:
+    router = APIRouter(prefix="/queues", tags=["queues"])
+
+    @router.get(
+        "",
+        summary="List the active virtual queues with queued and running counts",
+        description=_HOW_QUEUES_ARE_NAMED,
+    )
+    def list_queues(
+        scope: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=_MAX_SCOPE_SEGMENT,
+                description=f"Only the queues of this scope; `{DEFAULT_SCOPE}` for default queues.",
+            ),
+        ] = None,
+    ) -> QueueListResponse:
+        rules, now = limits.ruleset().rules, clock()
+        wanted = None if scope is None else parse_scope(scope)
+        queues = [q for q in invocations.queues() if wanted is None or q.id.scope == wanted]
+        queues.sort(key=lambda q: (q.id.scope, q.id.limit_key))
+        return queue_list_response([queue_report(q, rules, now) for q in queues])
+
+    @router.get(
+        "/{scope}/{limit_key:path}",
+        summary="Why a queue waits: the rule in force, counts, what blocks the head",
+        description=_HOW_QUEUES_ARE_NAMED,
+        responses={404: {"model": ErrorResponse, "description": "The queue is idle or unknown."}},
+    )
+    def get_queue(
+        scope: Annotated[
+            str,
+            Path(
+                min_length=1,
+                max_length=_MAX_SCOPE_SEGMENT,
+                description=f"The scope; `{DEFAULT_SCOPE}` for a service's default queue.",
+            ),
+        ],
+        limit_key: Annotated[
+            str,
+            Path(
+                min_length=1,
+                max_length=_MAX_LIMIT_KEY,
+                description="The limit key (`L1` or `L1/L2`); the service for a default queue.",
+            ),
+        ],
+    ) -> QueueResponse:
+        queue_id = parse_queue_address(scope, limit_key)
+        queue = next((q for q in invocations.queues() if q.id == queue_id), None)
+        if queue is None:
+            raise NotFoundError(_idle_queue_message(queue_id))
+        return queue_response(queue_report(queue, limits.ruleset().rules, clock()))
+
+    return router
+
+
+def _idle_queue_message(queue_id: QueueId) -> str:
+    return (
+        f"no invocation waits or runs in queue {queue_address(queue_id)!r}: an idle queue "
+        "leaves no state. Check the scope and limit key (they are case-sensitive; a "
+        f"service's default queue is /queues/{DEFAULT_SCOPE}/<Service>); GET /queues lists "
+        "the active queues"
+    )
 
 
 def _command_routes(invocations: InvocationReader, commands: InvocationCommands) -> APIRouter:

@@ -12,11 +12,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.core.introspection import QueueReport, WaitingReport, explain, queue_address
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import (
     Failure,
     HandlerDefinition,
     JournalEntry,
+    QueueId,
     RetryPolicy,
     ServiceDefinition,
     Target,
@@ -68,6 +70,21 @@ class LastError(_Response):
     terminal: bool = Field(description="True when no retry can help.")
 
 
+class WaitingModel(_Response):
+    queue_id: str = Field(description="`scope/limitKey`; `/Service` for a default queue.")
+    queue_path: str = Field(description="Where GET shows the queue, e.g. `/queues/~/Greeter`.")
+    position: int = Field(description="1 for the head of the queue, which starts next.")
+    ahead: int = Field(description="Pending invocations of the queue that start before it.")
+    blocker: str | None = Field(
+        description="What holds the queue's head back: concurrency, rate, paused or "
+        "paused_until; null when the head may start now (then it waits only for `ahead`)."
+    )
+    blocker_rule_id: str | None = Field(description="The limit rule that blocks, if one does.")
+    blocked_until: datetime | None = Field(
+        description="For rate and paused_until: when that blocker clears."
+    )
+
+
 class InvocationResponse(_Response):
     id: str
     status: str = Field(description="pending, running, backing-off, paused, completed or failed.")
@@ -84,6 +101,11 @@ class InvocationResponse(_Response):
     journal: list[JournalEntrySummary]
     last_error: LastError | None
     output_size_bytes: int | None = Field(description="Size of the output once completed.")
+    waiting: WaitingModel | None = Field(
+        default=None,
+        description="For a pending invocation: where it stands in its queue and what "
+        "holds the queue back. Null otherwise.",
+    )
 
 
 class ResumeResponse(_Response):
@@ -116,6 +138,52 @@ class ServiceResponse(_Response):
 
 class ServiceListResponse(_Response):
     services: list[ServiceResponse]
+
+
+class QueueSummary(_Response):
+    queue_id: str = Field(description="`scope/limitKey`; `/Service` for a default queue.")
+    scope: str | None = Field(description="Null for a service's default queue.")
+    limit_key: str = Field(description="For a default queue: the service name.")
+    path: str = Field(description="Where GET shows the queue, e.g. `/queues/acme/user-9`.")
+    queued: int
+    running: int
+    rule_pattern: str | None = Field(description="Pattern of the rule in force; null: none.")
+
+
+class QueueListResponse(_Response):
+    queues: list[QueueSummary] = Field(description="Ordered by scope, then limit key.")
+
+
+class QueueRuleModel(_Response):
+    id: str
+    pattern: str = Field(description="The pattern that matched: the most specific one.")
+    concurrency: int | None
+    rate: float | None
+    burst: int
+    paused: bool
+    max_queued: int | None
+
+
+class QueueResponse(_Response):
+    queue_id: str = Field(description="`scope/limitKey`; `/Service` for a default queue.")
+    scope: str | None = Field(description="Null for a service's default queue.")
+    limit_key: str
+    rule: QueueRuleModel | None = Field(description="The rule in force; null: no limits.")
+    running: int
+    queued: int
+    head_blocker: str | None = Field(
+        description="What holds the head back: concurrency, rate, paused or paused_until; "
+        "null when nothing is queued or the head may start now."
+    )
+    blocked_until: datetime | None = Field(
+        description="For rate and paused_until: when that blocker clears."
+    )
+    next_eligible: datetime | None = Field(
+        description="Earliest instant the head could start if nothing else changes; null "
+        "when it waits for a change (a running invocation ending, the rule being edited) "
+        "or nothing is queued."
+    )
+    explanation: str = Field(description="The same, in one sentence.")
 
 
 class LimitRuleModel(_Response):
@@ -202,7 +270,9 @@ def ruleset_response(ruleset: RuleSet) -> LimitRuleSetResponse:
     )
 
 
-def invocation_response(invocation: Invocation) -> InvocationResponse:
+def invocation_response(
+    invocation: Invocation, waiting: WaitingReport | None = None
+) -> InvocationResponse:
     request = invocation.request
     return InvocationResponse(
         id=invocation.id,
@@ -220,6 +290,66 @@ def invocation_response(invocation: Invocation) -> InvocationResponse:
         journal=[_journal_entry(entry) for entry in invocation.journal],
         last_error=_last_error(invocation.last_failure),
         output_size_bytes=None if invocation.output is None else len(invocation.output),
+        waiting=None if waiting is None else _waiting(waiting),
+    )
+
+
+def queue_path(queue_id: QueueId) -> str:
+    return f"/queues/{queue_address(queue_id)}"
+
+
+def queue_list_response(reports: list[QueueReport]) -> QueueListResponse:
+    return QueueListResponse(
+        queues=[
+            QueueSummary(
+                queue_id=str(report.queue_id),
+                scope=report.queue_id.scope or None,
+                limit_key=report.queue_id.limit_key,
+                path=queue_path(report.queue_id),
+                queued=report.queued,
+                running=report.running,
+                rule_pattern=report.rule_pattern,
+            )
+            for report in reports
+        ]
+    )
+
+
+def queue_response(report: QueueReport) -> QueueResponse:
+    rule = None
+    if report.rule_id is not None and report.rule_pattern is not None:
+        rule = QueueRuleModel(
+            id=report.rule_id,
+            pattern=report.rule_pattern,
+            concurrency=report.concurrency,
+            rate=report.rate_per_s,
+            burst=report.burst or 1,
+            paused=report.paused,
+            max_queued=report.max_queued,
+        )
+    return QueueResponse(
+        queue_id=str(report.queue_id),
+        scope=report.queue_id.scope or None,
+        limit_key=report.queue_id.limit_key,
+        rule=rule,
+        running=report.running,
+        queued=report.queued,
+        head_blocker=None if report.head_blocker is None else report.head_blocker.value,
+        blocked_until=_optional_instant(report.blocked_until_ms),
+        next_eligible=_optional_instant(report.next_eligible_ms),
+        explanation=explain(report),
+    )
+
+
+def _waiting(report: WaitingReport) -> WaitingModel:
+    return WaitingModel(
+        queue_id=str(report.queue_id),
+        queue_path=queue_path(report.queue_id),
+        position=report.position,
+        ahead=report.ahead,
+        blocker=None if report.blocker is None else report.blocker.value,
+        blocker_rule_id=report.rule_id,
+        blocked_until=_optional_instant(report.blocked_until_ms),
     )
 
 

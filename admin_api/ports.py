@@ -11,12 +11,22 @@ from typing import Protocol
 
 from pipeline.core.limits import RuleSet
 from pipeline.core.model import ServiceDefinition
-from pipeline.core.state import Invocation
+from pipeline.core.state import Invocation, VirtualQueue
 
 
 class InvocationReader(Protocol):
+    """The scheduler's state: invocations and the virtual queues they wait or run in."""
+
     def invocation(self, invocation_id: str) -> Invocation | None:
         """The invocation with this id, or None when it is unknown."""
+        ...
+
+    def invocations(self) -> list[Invocation]:
+        """Every invocation the scheduler holds, finished ones until their retention ends."""
+        ...
+
+    def queues(self) -> list[VirtualQueue]:
+        """Every queue with something queued, running or a rate debt; idle ones are gone."""
         ...
 
 

@@ -120,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     limits_put.add_argument("file", metavar="FILE.json", help="the rules, or - for stdin")
     limits_put.set_defaults(func=_cmd_limits_put)
 
+    queues = commands.add_parser(
+        "queues",
+        help="the active virtual queues and what holds them back, as JSON",
+        description=(
+            "Without a subcommand: list the queues with something queued or running, as "
+            "GET /queues of the Admin API does. A service's default queue has no scope; "
+            "write it as ~/Service."
+        ),
+    )
+    queues.add_argument("--scope", help="only the queues of this scope (~: default queues)")
+    queues.set_defaults(func=_cmd_queues_list)
+    queue_commands = queues.add_subparsers(dest="queues_command", metavar="show")
+    show = queue_commands.add_parser(
+        "show", help="the rule in force, counts and what blocks the head of one queue"
+    )
+    show.add_argument("queue", metavar="SCOPE/LIMIT_KEY", help="e.g. acme/user-9 or ~/Greeter")
+    show.set_defaults(func=_cmd_queues_show)
+
     results = commands.add_parser("results", help="read the results topic")
     result_commands = results.add_subparsers(dest="results_command", required=True)
     tail = result_commands.add_parser("tail", help="print results as they arrive")
@@ -378,6 +396,71 @@ def _cmd_limits_put(args: argparse.Namespace) -> int:
         LimitRuleStore(reader, writer).write(updated)
     print(json.dumps(ruleset_to_json(updated), indent=2))
     return 0
+
+
+def _cmd_queues_list(args: argparse.Namespace) -> int:
+    from pipeline.codec.reports_json import queue_summary_to_json
+    from pipeline.core.introspection import parse_scope, queue_report
+    from pipeline.runtime.clock import wall_clock_ms
+
+    queues, ruleset = _read_queue_state(load_settings())
+    wanted = None if args.scope is None else parse_scope(args.scope)
+    chosen = sorted(
+        (q for q in queues if wanted is None or q.id.scope == wanted),
+        key=lambda q: (q.id.scope, q.id.limit_key),
+    )
+    now = wall_clock_ms()
+    listed = [queue_summary_to_json(queue_report(q, ruleset.rules, now)) for q in chosen]
+    print(json.dumps({"queues": listed}, indent=2))
+    return 0
+
+
+def _cmd_queues_show(args: argparse.Namespace) -> int:
+    from pipeline.codec.reports_json import queue_report_to_json
+    from pipeline.core.introspection import DEFAULT_SCOPE, parse_queue_address, queue_report
+    from pipeline.errors import NotFoundError
+    from pipeline.runtime.clock import wall_clock_ms
+
+    scope, _, limit_key = args.queue.partition("/")
+    queue_id = parse_queue_address(scope, limit_key)
+    queues, ruleset = _read_queue_state(load_settings())
+    queue = next((q for q in queues if q.id == queue_id), None)
+    if queue is None:
+        raise NotFoundError(
+            f"no invocation waits or runs in queue {args.queue!r}: an idle queue leaves no "
+            f"state. Check the scope and limit key (a service's default queue is "
+            f"{DEFAULT_SCOPE}/Service); `pipeline queues` lists the active queues"
+        )
+    print(
+        json.dumps(
+            queue_report_to_json(queue_report(queue, ruleset.rules, wall_clock_ms())), indent=2
+        )
+    )
+    return 0
+
+
+def _read_queue_state(settings: Settings) -> tuple[list[Any], Any]:
+    """The scheduler's queues and the rules in force, both read up to the end."""
+    from pipeline.codec.records import WireCodec
+    from pipeline.errors import RetryableError
+    from pipeline.runtime.limit_rules import LimitRuleReader
+    from pipeline.runtime.views import SchedulerStateView
+
+    codec = WireCodec()
+    view = SchedulerStateView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+    reader = LimitRuleReader(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    try:
+        view.start()
+        reader.catch_up(_LIMITS_CATCH_UP_S)
+        if not view.wait_caught_up(_LIMITS_CATCH_UP_S):
+            raise RetryableError(
+                f"the scheduler state ({view.topic}) was not read to its end within "
+                f"{_LIMITS_CATCH_UP_S:.0f}s: check the broker and retry"
+            )
+        return view.queues(), reader.ruleset()
+    finally:
+        view.stop()
+        reader.close()
 
 
 def _cmd_results_tail(args: argparse.Namespace) -> int:

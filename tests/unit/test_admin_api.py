@@ -21,7 +21,7 @@ from pipeline.core.model import (
     ServiceDefinition,
     Target,
 )
-from pipeline.core.state import Invocation
+from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import RetryableError, ValidationError
 from pipeline.runtime.limit_rules import LimitRuleStore
 from pipeline.settings import Settings
@@ -32,11 +32,20 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class InvocationTable:
-    def __init__(self, invocations: Iterable[Invocation] = ()) -> None:
+    def __init__(
+        self, invocations: Iterable[Invocation] = (), queues: Iterable[VirtualQueue] = ()
+    ) -> None:
         self._by_id = {invocation.id: invocation for invocation in invocations}
+        self._queues = {str(queue.id): queue for queue in queues}
 
     def invocation(self, invocation_id: str) -> Invocation | None:
         return self._by_id.get(invocation_id)
+
+    def invocations(self) -> list[Invocation]:
+        return sorted(self._by_id.values(), key=lambda invocation: invocation.id)
+
+    def queues(self) -> list[VirtualQueue]:
+        return [self._queues[key] for key in sorted(self._queues)]
 
 
 class ServiceTable:
@@ -216,6 +225,7 @@ def test_invocation_is_rendered_in_full() -> None:
         ],
         "last_error": {"type": "CardError", "message": "card declined", "terminal": True},
         "output_size_bytes": None,
+        "waiting": None,
     }
 
 
@@ -406,6 +416,8 @@ def test_openapi_documents_every_route_with_a_summary() -> None:
         "/services/{name}",
         "/limits/rules",
         "/limits/rules/{rule_id}",
+        "/queues",
+        "/queues/{scope}/{limit_key}",
     }
     for path, operations in paths.items():
         for method, operation in operations.items():

@@ -1,0 +1,210 @@
+"""Why a queue or an invocation is waiting: reports derived from the scheduler's state.
+
+Nothing here decides anything: the reports restate what `admission` would answer for
+the queue's head right now, so that what an operator reads is what the scheduler does.
+
+A queue's head is its pending invocation with the smallest (priority, queue_seq, id),
+the order the scheduler admits in. Only the head is checked against the limits; every
+other pending invocation waits for the ones ahead of it, so its blocker is the head's
+and `ahead` says how many go first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pipeline.core.admission import Admit, Blocked, Blocker, admission
+from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.limits import LimitRule, governing_rule
+from pipeline.core.model import QueueId
+from pipeline.core.state import Invocation, VirtualQueue
+from pipeline.errors import ValidationError
+
+DEFAULT_SCOPE = "~"
+"""How an address names the empty scope of a service's default queue (`~/Greeter`): `~`
+is no valid scope, so it cannot be taken for a real one, and it needs no URL escaping."""
+
+# These clear by themselves at a known instant; the others wait for a change (a start
+# ending, a rule being edited), so no instant can be promised for them.
+_TIMED_BLOCKERS = frozenset({Blocker.PAUSED_UNTIL, Blocker.RATE})
+
+
+@dataclass(frozen=True, slots=True)
+class QueueReport:
+    """A queue's rule in force, its counts and what holds its head back.
+
+    `rule_*` fields are None when no rule matches (no limits). `head_blocker`,
+    `blocked_until_ms` and `next_eligible_ms` are None when nothing is queued.
+    `next_eligible_ms` is the earliest instant the head could start if nothing else
+    changes: `now` when it may start at once, None when it waits for a change
+    (concurrency, a paused rule).
+    """
+
+    queue_id: QueueId
+    rule_id: str | None
+    rule_pattern: str | None
+    concurrency: int | None
+    rate_per_s: float | None
+    burst: int | None
+    paused: bool
+    max_queued: int | None
+    running: int
+    queued: int
+    head_blocker: Blocker | None
+    blocked_until_ms: int | None
+    next_eligible_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingReport:
+    """Where a pending invocation stands in its queue.
+
+    `position` is 1-based (1: the head); `ahead` pending invocations start before it.
+    `blocker` is what holds the queue's head back, None when the head may start now
+    (then the invocation waits only for the `ahead` ones).
+    """
+
+    queue_id: QueueId
+    position: int
+    ahead: int
+    blocker: Blocker | None
+    blocked_until_ms: int | None
+    rule_id: str | None = None  # the rule whose limit blocks, when a rule does
+
+
+def queue_report(queue: VirtualQueue, rules: Iterable[LimitRule], now_ms: int) -> QueueReport:
+    rule = governing_rule(rules, queue.id)
+    blocker: Blocker | None = None
+    blocked_until_ms: int | None = None
+    next_eligible_ms: int | None = None
+    if queue.queued > 0:
+        verdict = admission(queue, rule, now_ms)
+        if isinstance(verdict, Blocked):
+            blocker, blocked_until_ms = verdict.blocker, verdict.until_ms
+        next_eligible_ms = _next_eligible_ms(queue, rule, now_ms)
+    return QueueReport(
+        queue_id=queue.id,
+        rule_id=None if rule is None else rule.id,
+        rule_pattern=None if rule is None else str(rule.pattern),
+        concurrency=None if rule is None else rule.concurrency,
+        rate_per_s=None if rule is None else rule.rate_per_s,
+        burst=None if rule is None else rule.burst,
+        paused=rule is not None and rule.paused,
+        max_queued=None if rule is None else rule.max_queued,
+        running=queue.running,
+        queued=queue.queued,
+        head_blocker=blocker,
+        blocked_until_ms=blocked_until_ms,
+        next_eligible_ms=next_eligible_ms,
+    )
+
+
+def waiting_report(
+    invocation: Invocation,
+    pending_in_queue: Iterable[Invocation],
+    queue: VirtualQueue | None,
+    rules: Iterable[LimitRule],
+    now_ms: int,
+) -> WaitingReport:
+    """Where `invocation` (pending) stands among the pending invocations of its queue.
+
+    `pending_in_queue` may hold anything (other queues, other statuses, the invocation
+    itself): only the other pending invocations of its queue count, so that callers can
+    pass a snapshot as they read it. `queue` None (its state not read yet) is taken as a
+    queue with nothing running and no rate debt.
+    """
+    if invocation.status is not InvocationStatus.PENDING:
+        raise ValidationError(
+            f"invocation {invocation.id!r} is {invocation.status.value}, not pending: "
+            "only a pending invocation waits in a queue"
+        )
+    queue_id = invocation.queue_id
+    mine = order_key(invocation)
+    ahead = sum(
+        1
+        for other in pending_in_queue
+        if other.id != invocation.id
+        and other.status is InvocationStatus.PENDING
+        and other.queue_id == queue_id
+        and order_key(other) < mine
+    )
+    state = queue if queue is not None else VirtualQueue(queue_id)
+    verdict = admission(state, governing_rule(rules, queue_id), now_ms)
+    blocked = verdict if isinstance(verdict, Blocked) else None
+    return WaitingReport(
+        queue_id=queue_id,
+        position=ahead + 1,
+        ahead=ahead,
+        blocker=None if blocked is None else blocked.blocker,
+        blocked_until_ms=None if blocked is None else blocked.until_ms,
+        rule_id=None if blocked is None else blocked.rule_id,
+    )
+
+
+def explain(report: QueueReport) -> str:
+    """One sentence on what the queue's head waits for, naming the rule that limits it."""
+    if report.queued == 0:
+        return f"nothing waits; {report.running} running"
+    rule = f"rule {report.rule_id!r} ({report.rule_pattern})"
+    match report.head_blocker:
+        case None:
+            return "the head may start now: the scheduler admits it on its next pass"
+        case Blocker.CONCURRENCY:
+            return (
+                f"{report.running} running, the concurrency limit of {rule} is "
+                f"{report.concurrency}: the head starts when one ends"
+            )
+        case Blocker.RATE:
+            return (
+                f"the rate limit of {rule}, {report.rate_per_s:g}/s with burst {report.burst}, "
+                "is spent: the head starts at next_eligible"
+            )
+        case Blocker.PAUSED:
+            return f"{rule} is paused: nothing starts until the rule is changed"
+        case Blocker.PAUSED_UNTIL:
+            return (
+                "a handler asked the queue to hold (RateLimited): nothing starts before "
+                "blocked_until"
+            )
+
+
+def queue_address(queue_id: QueueId) -> str:
+    """`scope/limitKey`, with `~` for the empty scope, as paths and the CLI take it."""
+    return f"{queue_id.scope or DEFAULT_SCOPE}/{queue_id.limit_key}"
+
+
+def parse_queue_address(scope: str, limit_key: str) -> QueueId:
+    """The queue an address names: `~` (or nothing) as scope is a default queue."""
+    if not limit_key:
+        raise ValidationError(
+            f"queue {scope}/{limit_key} has no limit key: write scope/limitKey, or "
+            f"{DEFAULT_SCOPE}/Service for a service's default queue"
+        )
+    return QueueId(parse_scope(scope), limit_key)
+
+
+def parse_scope(scope: str) -> str:
+    """A scope as an address writes it: `~` is the empty scope of default queues."""
+    return "" if scope == DEFAULT_SCOPE else scope
+
+
+def order_key(invocation: Invocation) -> tuple[int, int, str]:
+    """The order the scheduler admits a queue's pending invocations in; the id only
+    breaks ties, which a queue's sequence numbers never leave."""
+    return (invocation.request.priority, invocation.queue_seq, invocation.id)
+
+
+def _next_eligible_ms(queue: VirtualQueue, rule: LimitRule | None, now_ms: int) -> int | None:
+    # A timed blocker may hide another behind it (a pause ending while the rate is still
+    # spent): look again at the instant it clears. Each timed blocker can show up only
+    # once, since the next look is no earlier than it clears.
+    at = now_ms
+    for _ in range(len(Blocker) + 1):
+        verdict = admission(queue, rule, at)
+        if isinstance(verdict, Admit):
+            return at
+        if verdict.blocker not in _TIMED_BLOCKERS or verdict.until_ms is None:
+            return None
+        at = max(at, verdict.until_ms)
+    return None
