@@ -160,14 +160,7 @@ def _arrived(
         return Decision(effects=(Ignored(f"invocation {request.id!r} exists already"),))
     if ctx.handler is None:
         reason = f"no handler {request.target} is registered"
-        failure = Failure(reason, "HandlerNotFound", terminal=True)
-        failed = Invocation(
-            request,
-            InvocationStatus.FAILED,
-            finished_at_ms=ctx.now_ms,
-            last_failure=failure,
-            wake_at_ms=ctx.now_ms + ctx.retention_ms,
-        )
+        failed = _refused(request, Failure(reason, "HandlerNotFound", terminal=True), ctx)
         return Decision(
             invocation=failed,
             effects=(DeadLetter(reason), EmitResult(_result(failed))),
@@ -178,17 +171,21 @@ def _arrived(
             f"queue {request.queue_id} is full: {queue.queued} invocations wait, and rule "
             f"{rule.id!r} ({rule.pattern}) allows max_queued={rule.max_queued}"
         )
-        failure = Failure(reason, "QueueFull", terminal=True)
-        rejected = Invocation(
-            request,
-            InvocationStatus.FAILED,
-            finished_at_ms=ctx.now_ms,
-            last_failure=failure,
-            wake_at_ms=ctx.now_ms + ctx.retention_ms,
-        )
+        rejected = _refused(request, Failure(reason, "QueueFull", terminal=True), ctx)
         return Decision(invocation=rejected, effects=(EmitResult(_result(rejected)),))
     pending = Invocation(request, InvocationStatus.PENDING)
     return _enqueue_and_start(pending, queue, ctx)
+
+
+def _refused(request: InvocationRequest, failure: Failure, ctx: DecisionContext) -> Invocation:
+    """An invocation failed on arrival, remembered like any finished one."""
+    return Invocation(
+        request,
+        InvocationStatus.FAILED,
+        finished_at_ms=ctx.now_ms,
+        last_failure=failure,
+        wake_at_ms=ctx.now_ms + ctx.retention_ms,
+    )
 
 
 def _enqueue_and_start(pending: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> Decision:

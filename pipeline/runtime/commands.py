@@ -8,17 +8,17 @@ forwards a request, because a command carries only the invocation id.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Producer
 
 from pipeline.codec.records import WireCodec
 from pipeline.core.model import ResumeInvocation
 from pipeline.core.partitioning import partition_for
 from pipeline.core.state import Invocation
-from pipeline.errors import RetryableError, ValidationError
+from pipeline.errors import ValidationError
 from pipeline.runtime.clock import wall_clock_ms
+from pipeline.runtime.confirmed_send import send_confirmed
 from topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -100,35 +100,15 @@ class InvocationCommandProducer:
         self._producer.close()
 
     def _send(self, key: str, value: bytes, what: str) -> None:
-        acked = threading.Event()
-        errors: list[KafkaError] = []
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            # Runs in whichever thread serves delivery reports, maybe another caller's flush.
-            if err is not None:
-                errors.append(err)
-            acked.set()
-
-        try:
-            self._producer.produce(
-                self._topic,
-                value,
-                key.encode(),
-                partition=partition_for(key, self._runtime_partitions),
-                on_delivery=on_delivery,
-            )
-        except (BufferError, KafkaException) as exc:
-            raise RetryableError(
-                f"{what} not sent: Kafka producer refused it ({exc}); retry"
-            ) from exc
-        self._producer.flush(self._ack_timeout_s)
-        if not acked.is_set():
-            # Still queued: it may yet land, which is harmless, since the scheduler ignores
-            # a resume of an invocation that is no longer paused.
-            raise RetryableError(
-                f"{what} not acknowledged by Kafka within {self._ack_timeout_s:g} s: "
-                "check that the broker is reachable, then retry",
-                retry_after_ms=1_000,
-            )
-        if errors:
-            raise RetryableError(f"{what} not written to {self._topic}: {errors[0].str()}; retry")
+        send_confirmed(
+            self._producer,
+            self._topic,
+            key.encode(),
+            value,
+            partition=partition_for(key, self._runtime_partitions),
+            what=what,
+            timeout_s=self._ack_timeout_s,
+            # It may yet land, which is harmless: the scheduler ignores a resume of an
+            # invocation that is no longer paused.
+            on_timeout="check that the broker is reachable, then retry",
+        )

@@ -32,6 +32,7 @@ from confluent_kafka import (
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import RuleSet
 from pipeline.errors import ConflictError, RetryableError, ValidationError
+from pipeline.runtime.confirmed_send import send_confirmed
 
 log = logging.getLogger(__name__)
 
@@ -209,38 +210,17 @@ class LimitRuleWriter:
 
     def write(self, ruleset: RuleSet) -> None:
         """Write `ruleset`; `RetryableError` when Kafka did not acknowledge it in time."""
-        acked = threading.Event()
-        errors: list[KafkaError] = []
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            # Runs in whichever thread serves delivery reports, maybe another caller's flush.
-            if err is not None:
-                errors.append(err)
-            acked.set()
-
-        what = f"limit rules version {ruleset.version}"
-        try:
-            self._producer.produce(
-                self._topic,
-                self._codec.encode_ruleset(ruleset),
-                RULES_KEY,
-                partition=0,
-                on_delivery=on_delivery,
-            )
-        except (BufferError, KafkaException) as exc:
-            raise RetryableError(
-                f"{what} not sent: Kafka producer refused it ({exc}); retry"
-            ) from exc
-        self._producer.flush(self._ack_timeout_s)
-        if not acked.is_set():
+        send_confirmed(
+            self._producer,
+            self._topic,
+            RULES_KEY,
+            self._codec.encode_ruleset(ruleset),
+            partition=0,
+            what=f"limit rules version {ruleset.version}",
+            timeout_s=self._ack_timeout_s,
             # It may still land; a retry then computes the next version from what readers see.
-            raise RetryableError(
-                f"{what} not acknowledged by Kafka within {self._ack_timeout_s:g} s: "
-                "check that the broker is reachable, then read the rules and retry",
-                retry_after_ms=1_000,
-            )
-        if errors:
-            raise RetryableError(f"{what} not written to {self._topic}: {errors[0].str()}; retry")
+            on_timeout="check that the broker is reachable, then read the rules and retry",
+        )
 
     def close(self, timeout_s: float = DEFAULT_ACK_TIMEOUT_S) -> None:
         """Wait up to `timeout_s` for unacknowledged writes, then release the client."""
