@@ -25,3 +25,8 @@ def subscription_id(subscription: str, topic: str, partition: int, offset: int) 
 
 def cron_id(schedule: str, tick_ms: int) -> str:
     return f"cron:{schedule}:{tick_ms}"
+
+
+def sent_id(parent_id: str, index: int) -> str:
+    """The invocation a handler sends at journal entry `index`: the same on every replay."""
+    return f"{parent_id}:send:{index}"

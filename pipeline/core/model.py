@@ -169,6 +169,7 @@ class ResumeInvocation:
 
 class EntryKind(StrEnum):
     RUN = "run"
+    SEND = "send"  # a one-way invocation made by the handler; its value is the request
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from pipeline.core.model import (
     AttemptFenced,
     DispatchOrder,
     EntryAppended,
+    EntryKind,
     Failure,
     HandlerDefinition,
     InvocationRequest,
@@ -84,6 +85,13 @@ class AppendFence:
 
 
 @dataclass(frozen=True, slots=True)
+class SendInvocation:
+    """A handler sent an invocation (`ctx.send`): put the journaled request on its way."""
+
+    encoded_request: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """The input record cannot be run; keep it, with the reason, on the dead-letter topic."""
 
@@ -97,7 +105,7 @@ class Ignored:
     reason: str
 
 
-Effect = Dispatch | EmitResult | AppendFence | DeadLetter | Ignored
+Effect = Dispatch | EmitResult | AppendFence | SendInvocation | DeadLetter | Ignored
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +252,14 @@ def _journal(
                 )
             # Any progress report renews the lease, unless a fence is already on its way.
             wake = None if invocation.fence_requested else ctx.now_ms + ctx.lease_timeout_ms
+            sends = (
+                (SendInvocation(entry.value),)
+                if entry.kind is EntryKind.SEND and entry.value is not None
+                else ()
+            )
             return Decision(
-                invocation.evolve(journal=(*invocation.journal, entry), wake_at_ms=wake)
+                invocation.evolve(journal=(*invocation.journal, entry), wake_at_ms=wake),
+                effects=sends,
             )
         case AttemptCompleted(output=output):
             done = invocation.evolve(

@@ -246,7 +246,13 @@ class Invoker:
                     "HandlerNotFound",
                 ),
             )
-        ctx = Context(order, writer, tracer=self._tracer)
+        ctx = Context(
+            order,
+            writer,
+            tracer=self._tracer,
+            request_encoder=self._codec.encode_request,
+            clock_ms=wall_clock_ms,
+        )
         try:
             output = await handler.invoke(ctx, order.request.input)
         except Exception as exc:

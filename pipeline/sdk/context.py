@@ -18,19 +18,23 @@ from typing import Protocol, TypeVar, cast, overload
 
 from opentelemetry.trace import NoOpTracer, Tracer
 
+from pipeline.core.ids import sent_id
 from pipeline.core.model import (
+    DEFAULT_PRIORITY,
     DispatchOrder,
     EntryAppended,
     EntryKind,
     Failure,
     Headers,
+    InvocationRequest,
     JournalEntry,
     Target,
+    validate_scope,
 )
 from pipeline.core.replay import JournalMismatch, expect_entry
 from pipeline.errors import NonDeterminismError, TerminalError
 from pipeline.sdk.errors import AttemptBroken
-from pipeline.sdk.serde import JsonSerde, Serde
+from pipeline.sdk.serde import BytesSerde, JsonSerde, Serde
 
 T = TypeVar("T")
 
@@ -68,7 +72,11 @@ class Context:
         *,
         tracer: Tracer | None = None,
         default_serde: Serde[object] | None = None,
+        request_encoder: Callable[[InvocationRequest], bytes] | None = None,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
+        self._request_encoder = request_encoder
+        self._clock_ms = clock_ms
         self._order = order
         self._writer = journal_writer
         self._tracer: Tracer = tracer if tracer is not None else NoOpTracer()
@@ -113,6 +121,48 @@ class Context:
         """
         return self._nondeterminism
 
+    def scope(self, scope: str) -> ScopedSender:
+        """Invocations sent through the result go to virtual queues of `scope`."""
+        return ScopedSender(self, validate_scope(scope))
+
+    async def send(
+        self,
+        target: str | Target,
+        payload: object = None,
+        *,
+        scope: str | None = None,
+        limit_key: str | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        serde: Serde[object] | None = None,
+    ) -> str:
+        """Invoke `target` one way, exactly once, and return the new invocation's id.
+
+        The request is journaled like a step; the scheduler emits it when it accepts the
+        entry, in the same transaction, so a retried handler that replays this call sends
+        nothing again and gets the same id back.
+        """
+        parsed = Target.parse(target) if isinstance(target, str) else target
+        invocation_id = sent_id(self.invocation_id, self._next_index)
+
+        def request() -> bytes:
+            if self._request_encoder is None or self._clock_ms is None:
+                raise RuntimeError("this context cannot send: it has no request encoder")
+            return self._request_encoder(
+                InvocationRequest(
+                    id=invocation_id,
+                    target=parsed,
+                    input=(serde or self._default_serde).serialize(payload),
+                    created_at_ms=self._clock_ms(),
+                    headers=self.headers,
+                    scope=scope,
+                    limit_key=limit_key,
+                    priority=priority,
+                )
+            )
+
+        await self._step(EntryKind.SEND, str(parsed), request, BytesSerde())
+        return invocation_id
+
     # Two overloads so that type checkers infer T from an async action's result rather
     # than from the coroutine object itself.
     @overload
@@ -140,9 +190,18 @@ class Context:
         `AttemptBroken` rather than leave a gap in the journal.
         """
         step_serde = serde if serde is not None else cast(Serde[T], self._default_serde)
+        return await self._step(EntryKind.RUN, name, action, step_serde)
+
+    async def _step(
+        self,
+        kind: EntryKind,
+        name: str,
+        action: Callable[[], T | Awaitable[T]],
+        step_serde: Serde[T],
+    ) -> T:
         index = self._next_index
         try:
-            recorded = expect_entry(self._order.journal, index, EntryKind.RUN, name)
+            recorded = expect_entry(self._order.journal, index, kind, name)
         except JournalMismatch as exc:
             self._nondeterminism = exc
             raise
@@ -150,7 +209,7 @@ class Context:
         previous, turn = self._last_turn, asyncio.Event()
         self._last_turn = turn
         with self._tracer.start_as_current_span(
-            f"run {name}",
+            f"{kind.value} {name}",
             attributes={
                 "pipeline.step.index": index,
                 "pipeline.replayed": recorded is not None,
@@ -160,7 +219,7 @@ class Context:
                 turn.set()
                 return _replayed(recorded, step_serde)
             try:
-                return await self._execute(index, name, action, step_serde, previous)
+                return await self._execute(index, kind, name, action, step_serde, previous)
             except BaseException:
                 # A journaled terminal failure is an outcome like any value; only a step
                 # that left no entry breaks the journal's order.
@@ -173,6 +232,7 @@ class Context:
     async def _execute(
         self,
         index: int,
+        kind: EntryKind,
         name: str,
         action: Callable[[], T | Awaitable[T]],
         serde: Serde[T],
@@ -185,7 +245,7 @@ class Context:
             value = await outcome if inspect.isawaitable(outcome) else outcome
         except TerminalError as exc:
             failure = Failure(exc.message, type(exc).__name__, terminal=True)
-            await self._journal(JournalEntry(index, EntryKind.RUN, name, failure=failure), previous)
+            await self._journal(JournalEntry(index, kind, name, failure=failure), previous)
             raise TerminalError(exc.message, code=exc.code) from exc
         value = cast(T, value)
         try:
@@ -194,7 +254,7 @@ class Context:
             raise TypeError(
                 f"step {index} {name!r} returned a value that {serde!r} cannot serialize: {exc}"
             ) from exc
-        await self._journal(JournalEntry(index, EntryKind.RUN, name, value=data), previous)
+        await self._journal(JournalEntry(index, kind, name, value=data), previous)
         return value
 
     async def _journal(self, entry: JournalEntry, previous: asyncio.Event | None) -> None:
@@ -219,3 +279,23 @@ def _replayed(recorded: JournalEntry, serde: Serde[T]) -> T:
         # Only terminal failures are journaled; a recorded one fails the same way again.
         raise TerminalError(recorded.failure.message)
     return serde.deserialize(recorded.value if recorded.value is not None else b"")
+
+
+class ScopedSender:
+    """`ctx.scope("team-7").send(...)`: sends into virtual queues of one scope."""
+
+    def __init__(self, ctx: Context, scope: str) -> None:
+        self._ctx = ctx
+        self._scope = scope
+
+    async def send(
+        self,
+        target: str | Target,
+        payload: object = None,
+        *,
+        limit_key: str | None = None,
+        priority: int = DEFAULT_PRIORITY,
+    ) -> str:
+        return await self._ctx.send(
+            target, payload, scope=self._scope, limit_key=limit_key, priority=priority
+        )

@@ -29,10 +29,14 @@ def test_cron_id() -> None:
     assert ids.cron_id("nightly", 1_700_000_000_000) == "cron:nightly:1700000000000"
 
 
+def test_sent_id() -> None:
+    assert ids.sent_id("inv-1", 3) == "inv-1:send:3"
+
+
 def test_every_function_of_the_module_is_pinned() -> None:
     public = {
         name
         for name, value in vars(ids).items()
         if callable(value) and not name.startswith("_") and value.__module__ == ids.__name__
     }
-    assert public == {"record_id", "idempotent_id", "subscription_id", "cron_id"}
+    assert public == {"record_id", "idempotent_id", "subscription_id", "cron_id", "sent_id"}

@@ -51,6 +51,7 @@ from pipeline.core.scheduler import (
     InvocationArrived,
     JournalArrived,
     ResumeRequested,
+    SendInvocation,
     TimerDue,
     decide,
 )
@@ -423,11 +424,32 @@ class SchedulerProcessor:
                     self._produce(
                         self._names.journal, state.partition, key, self._codec.encode_journal(fence)
                     )
+                case SendInvocation(encoded_request=encoded):
+                    self._send_invocation(state, encoded)
                 case DeadLetter(reason=reason):
                     if source is not None:
                         self._dead_letter(source, reason)
                 case Ignored(reason=reason):
                     log.debug("ignored: %s", reason)
+
+    def _send_invocation(self, state: PartitionState, encoded: bytes) -> None:
+        """Put a request a handler journaled on the partition of its partition key."""
+        topic = self._names.invocations
+        try:
+            request = self._codec.decode_request(
+                encoded,
+                headers=[],
+                topic=topic,
+                partition=state.partition,
+                offset=0,
+                timestamp_ms=0,
+            )
+        except DecodeError as exc:
+            # The worker encoded it with this codec; failing here is a bug, not bad input.
+            log.error("journaled request undecodable, not sent: %s", exc)
+            return
+        home = partition_for(request.partition_key, self._settings.runtime_partitions)
+        self._produce(topic, home, request.partition_key, encoded)
 
     # -- output ----------------------------------------------------------------------
 
