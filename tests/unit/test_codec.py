@@ -699,3 +699,13 @@ def test_avro_id_fallbacks(codec: WireCodec) -> None:
 def test_json_errors(codec: WireCodec, body: bytes, message: str) -> None:
     with pytest.raises(DecodeError, match=message):
         decode_request(codec, body, JSON)
+
+
+def test_fingerprint_matches_the_avro_specification_vector() -> None:
+    # Avro's own test vector: CRC-64-AVRO of the schema "int" is 8247732601305521295;
+    # single-object encoding writes it little-endian, as Java does.
+    from fastavro.schema import parse_schema
+
+    from pipeline.codec.avro import schema_fingerprint
+
+    assert schema_fingerprint(parse_schema("int")) == (8247732601305521295).to_bytes(8, "little")

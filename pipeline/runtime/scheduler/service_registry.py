@@ -28,9 +28,6 @@ class ServiceRegistry:
         service = self._services.get(target.service)
         return service.handler(target.handler) if service is not None else None
 
-    def names(self) -> list[str]:
-        return sorted(self._services)
-
     def poll(self) -> None:
         """Take what has arrived, without waiting."""
         for message in self._consumer.consume(1000, timeout=0):
