@@ -1,0 +1,143 @@
+"""Many distinct waiting queues: scheduler memory and recovery time after kill -9.
+
+    .venv/bin/python -m bench.queues_bench [--queues 100000]
+
+Issue 3's target is 1,000,000 queues with one waiting invocation each: scheduler RSS
+< 300 MB and recovery < 30 s. This puts N invocations in N distinct queues (limit key
+`q{i}` of 1,000 scopes) under a `*` rule with `paused: true`, so that every one waits;
+measures the scheduler's RSS once it has read them all; kills it -9; restarts it; and
+measures the time until it answers again (a probe invocation in an unpaused scope gets
+its result), which includes restoring every partition from the changelog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from bench.pipeline_bench import broker
+from pipeline.client import Client
+from pipeline.codec.records import WireCodec
+from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put
+from pipeline.runtime.limit_rules import LimitRuleWriter
+from pipeline.settings import Settings
+from tests.support.runtime import register
+from topics.provision import provision
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def wait_until_consumed(settings: Settings, timeout_s: float) -> None:
+    """Until the scheduler group's committed offsets reach the end of `invocations`."""
+    topic = settings.topic_names.invocations
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": settings.topic_names.group("scheduler"),
+            "enable.auto.commit": False,
+        }
+    )
+    partitions = [TopicPartition(topic, p) for p in range(settings.runtime_partitions)]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            committed = consumer.committed(partitions, timeout=10)
+            ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+            if all(c.offset >= e for c, e in zip(committed, ends, strict=True)):
+                return
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+    raise TimeoutError(f"the scheduler did not consume every request in {timeout_s} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--queues", type=int, default=100_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args()
+    report: dict[str, object] = {"queues": args.queues}
+    with broker() as bootstrap:
+        prefix = f"queues{uuid.uuid4().hex[:6]}."
+        settings = Settings(
+            kafka_bootstrap_servers=bootstrap,
+            topic_prefix=prefix,
+            runtime_partitions=args.partitions,
+            results_partitions=args.partitions,
+        )
+        provision(bootstrap, settings.catalogue)
+        from bench.services import service
+
+        register(settings, [service])
+        rules = [
+            LimitRule("hold-all", RulePattern.parse("*"), paused=True),
+            LimitRule("probe", RulePattern.parse("probe")),
+        ]
+        writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
+        writer.write(put(RuleSet(), rules, expected_version=0))
+        writer.close()
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "PIPELINE_TOPIC_PREFIX": prefix,
+            "PIPELINE_RUNTIME_PARTITIONS": str(args.partitions),
+            "PIPELINE_RESULTS_PARTITIONS": str(args.partitions),
+            "PIPELINE_INSTANCE_ID": "queues-bench",
+        }
+
+        def start(command: list[str]) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", *command],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+        scheduler = start(["scheduler"])
+        worker = start(["worker", "--service", "bench.services:service"])
+        try:
+            with Client(settings) as client:
+                started = time.perf_counter()
+                batch = 10_000
+                for first in range(0, args.queues, batch):
+                    client.send_requests(
+                        [
+                            client.request("Bench/noop", i, scope=f"t{i % 1000}", limit_key=f"q{i}")
+                            for i in range(first, min(first + batch, args.queues))
+                        ]
+                    )
+                wait_until_consumed(settings, timeout_s=3_600)
+                report["fill_seconds"] = round(time.perf_counter() - started, 1)
+                report["scheduler_rss_mb"] = round(rss_mb(scheduler.pid), 1)
+
+                scheduler.send_signal(signal.SIGKILL)
+                scheduler.wait()
+                restarted = time.perf_counter()
+                scheduler = start(["scheduler"])
+                client.call("Bench/noop", 1, scope="probe", timeout_s=600)
+                report["recovery_seconds"] = round(time.perf_counter() - restarted, 1)
+                report["scheduler_rss_after_recovery_mb"] = round(rss_mb(scheduler.pid), 1)
+        finally:
+            for process in (scheduler, worker):
+                process.terminate()
+            for process in (scheduler, worker):
+                process.wait(30)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
