@@ -25,21 +25,19 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import RuleSet
 from pipeline.errors import ConflictError, RetryableError, ValidationError
-from pipeline.runtime.confirmed_send import send_confirmed
+from pipeline.runtime.confirmed_send import DEFAULT_ACK_TIMEOUT_S, ConfirmedProducer
 
 log = logging.getLogger(__name__)
 
 RULES_KEY = b"rules"
 """The one key of the limits topic: compaction keeps only its newest record."""
 
-DEFAULT_ACK_TIMEOUT_S = 10.0
 
 _POLL_BATCH = 100
 _MAX_POLL_WAIT_S = 0.5
@@ -188,51 +186,26 @@ class LimitRuleWriter:
         *,
         ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
     ) -> None:
-        if not bootstrap:
-            raise ValidationError(
-                "kafka_bootstrap_servers is empty: set KAFKA_BOOTSTRAP_SERVERS "
-                "(`pipeline kafka start` prints the address of the local broker)"
-            )
         self._topic = topic
         self._codec = codec
-        self._ack_timeout_s = ack_timeout_s
-        self._closed = False
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                # A retried send must neither land twice nor land behind a later version.
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 0,
-                "client.id": "pipeline-limits",
-            }
+        self._producer = ConfirmedProducer(
+            bootstrap, "pipeline-limits", ack_timeout_s=ack_timeout_s
         )
 
     def write(self, ruleset: RuleSet) -> None:
         """Write `ruleset`; `RetryableError` when Kafka did not acknowledge it in time."""
-        send_confirmed(
-            self._producer,
+        self._producer.send(
             self._topic,
             RULES_KEY,
             self._codec.encode_ruleset(ruleset),
             partition=0,
             what=f"limit rules version {ruleset.version}",
-            timeout_s=self._ack_timeout_s,
             # It may still land; a retry then computes the next version from what readers see.
             on_timeout="check that the broker is reachable, then read the rules and retry",
         )
 
     def close(self, timeout_s: float = DEFAULT_ACK_TIMEOUT_S) -> None:
-        """Wait up to `timeout_s` for unacknowledged writes, then release the client."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._producer.flush(timeout_s):
-            log.warning("limit rule writer closed with a write unacknowledged")
-            # The producer's close waits for every queued record without a time limit.
-            self._producer.purge()
-            self._producer.flush(0)
-        self._producer.close()
+        self._producer.close(timeout_s)
 
 
 class RuleSetCache(Protocol):
