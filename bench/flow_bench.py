@@ -18,21 +18,19 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.pipeline_bench import ResultWatcher, broker
+from bench.harness import broker, fresh_settings, start_runtime
+from bench.pipeline_bench import ResultWatcher
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put
 from pipeline.core.model import InvocationRequest
 from pipeline.runtime.limit_rules import LimitRuleWriter
 from pipeline.settings import Settings
-from topics.provision import provision
 
 
 def dispatch_delays_ms(settings: Settings, ids: set[str]) -> list[float]:
@@ -78,31 +76,8 @@ def main() -> None:
     args = parser.parse_args()
     report: dict[str, object] = {"machine": f"{os.cpu_count()} cores"}
     with broker() as bootstrap:
-        prefix = f"flow{uuid.uuid4().hex[:6]}."
-        settings = Settings(
-            kafka_bootstrap_servers=bootstrap,
-            topic_prefix=prefix,
-            runtime_partitions=args.partitions,
-            results_partitions=args.partitions,
-        )
-        provision(bootstrap, settings.catalogue)
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "PIPELINE_TOPIC_PREFIX": prefix,
-            "PIPELINE_RUNTIME_PARTITIONS": str(args.partitions),
-            "PIPELINE_RESULTS_PARTITIONS": str(args.partitions),
-            "PIPELINE_INSTANCE_ID": "flow-bench",
-        }
-        processes = [
-            subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", *command],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for command in (["scheduler"], ["worker", "--service", "bench.services:service"])
-        ]
+        settings = fresh_settings(bootstrap, "flow", args.partitions)
+        processes = start_runtime(settings, "flow-bench")
         watcher = ResultWatcher(settings)
         watcher.start()
         try:

@@ -18,39 +18,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from bench.harness import broker, fresh_settings, start_runtime
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
-from pipeline.localkafka.broker import BrokerConfig, LocalBroker
 from pipeline.settings import Settings
-from topics.provision import provision
-
-
-@contextmanager
-def broker() -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    with tempfile.TemporaryDirectory() as data_dir:
-        local = LocalBroker(BrokerConfig(data_dir=Path(data_dir)))
-        bootstrap = local.start()
-        try:
-            yield bootstrap
-        finally:
-            local.stop()
 
 
 def raw_ceiling(bootstrap: str, messages: int) -> float:
@@ -164,34 +142,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     }
     with broker() as bootstrap:
         report["raw_passthrough_msgs_per_s"] = round(raw_ceiling(bootstrap, args.raw_messages))
-        prefix = f"bench{uuid.uuid4().hex[:6]}."
-        settings = Settings(
-            kafka_bootstrap_servers=bootstrap,
-            topic_prefix=prefix,
-            runtime_partitions=args.partitions,
-            results_partitions=args.partitions,
-        )
-        provision(bootstrap, settings.catalogue)
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "PIPELINE_TOPIC_PREFIX": prefix,
-            "PIPELINE_RUNTIME_PARTITIONS": str(args.partitions),
-            "PIPELINE_RESULTS_PARTITIONS": str(args.partitions),
-            "PIPELINE_INSTANCE_ID": "bench",
-        }
-        processes = [
-            subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", *command],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for command in (
-                ["scheduler"],
-                ["worker", "--service", "bench.services:service"],
-            )
-        ]
+        settings = fresh_settings(bootstrap, "bench", args.partitions)
+        processes = start_runtime(settings, "bench")
         watcher = ResultWatcher(settings)
         watcher.start()
         try:

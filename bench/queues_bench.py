@@ -13,25 +13,21 @@ its result), which includes restoring every partition from the changelog.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.pipeline_bench import broker
+from bench.harness import broker, fresh_settings, start_process
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put
 from pipeline.runtime.limit_rules import LimitRuleWriter
+from pipeline.runtime.worker import Worker
 from pipeline.settings import Settings
-from tests.support.runtime import register
-from topics.provision import provision
 
 
 def rss_mb(pid: int) -> float:
@@ -72,17 +68,10 @@ def main() -> None:
     args = parser.parse_args()
     report: dict[str, object] = {"queues": args.queues}
     with broker() as bootstrap:
-        prefix = f"queues{uuid.uuid4().hex[:6]}."
-        settings = Settings(
-            kafka_bootstrap_servers=bootstrap,
-            topic_prefix=prefix,
-            runtime_partitions=args.partitions,
-            results_partitions=args.partitions,
-        )
-        provision(bootstrap, settings.catalogue)
+        settings = fresh_settings(bootstrap, "queues", args.partitions)
         from bench.services import service
 
-        register(settings, [service])
+        asyncio.run(Worker(settings, [service]).register_services())
         rules = [
             LimitRule("hold-all", RulePattern.parse("*"), paused=True),
             LimitRule("probe", RulePattern.parse("probe")),
@@ -90,25 +79,10 @@ def main() -> None:
         writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
         writer.write(put(RuleSet(), rules, expected_version=0))
         writer.close()
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "PIPELINE_TOPIC_PREFIX": prefix,
-            "PIPELINE_RUNTIME_PARTITIONS": str(args.partitions),
-            "PIPELINE_RESULTS_PARTITIONS": str(args.partitions),
-            "PIPELINE_INSTANCE_ID": "queues-bench",
-        }
-
-        def start(command: list[str]) -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", *command],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-
-        scheduler = start(["scheduler"])
-        worker = start(["worker", "--service", "bench.services:service"])
+        scheduler = start_process(settings, "queues-bench", "scheduler")
+        worker = start_process(
+            settings, "queues-bench", "worker", "--service", "bench.services:service"
+        )
         try:
             with Client(settings) as client:
                 started = time.perf_counter()
@@ -127,7 +101,7 @@ def main() -> None:
                 scheduler.send_signal(signal.SIGKILL)
                 scheduler.wait()
                 restarted = time.perf_counter()
-                scheduler = start(["scheduler"])
+                scheduler = start_process(settings, "queues-bench", "scheduler")
                 client.call("Bench/noop", 1, scope="probe", timeout_s=600)
                 report["recovery_seconds"] = round(time.perf_counter() - restarted, 1)
                 report["scheduler_rss_after_recovery_mb"] = round(rss_mb(scheduler.pid), 1)

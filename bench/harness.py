@@ -1,0 +1,69 @@
+"""What every benchmark sets up: fresh topics, and runtime processes as in production."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.localkafka.broker import BrokerConfig, LocalBroker
+from pipeline.settings import Settings
+from topics.provision import provision
+
+
+@contextmanager
+def broker() -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    with tempfile.TemporaryDirectory() as data_dir:
+        local = LocalBroker(BrokerConfig(data_dir=Path(data_dir)))
+        bootstrap = local.start()
+        try:
+            yield bootstrap
+        finally:
+            local.stop()
+
+
+def fresh_settings(bootstrap: str, name: str, partitions: int) -> Settings:
+    """Settings under a new topic prefix, with its topics created."""
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_prefix=f"{name}{uuid.uuid4().hex[:6]}.",
+        runtime_partitions=partitions,
+        results_partitions=partitions,
+    )
+    provision(bootstrap, settings.catalogue)
+    return settings
+
+
+def start_process(settings: Settings, instance: str, *command: str) -> subprocess.Popen[bytes]:
+    """`pipeline <command>` in its own process, configured like `settings`."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
+        "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
+        "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
+        "PIPELINE_INSTANCE_ID": instance,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def start_runtime(settings: Settings, instance: str) -> list[subprocess.Popen[bytes]]:
+    """A scheduler and a worker running `bench.services`."""
+    return [
+        start_process(settings, instance, "scheduler"),
+        start_process(settings, instance, "worker", "--service", "bench.services:service"),
+    ]
