@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +22,7 @@ from pipeline.runtime.limit_rules import LimitRuleStore, LimitRuleWriter
 from pipeline.runtime.views import LimitRulesView, SchedulerStateView
 from pipeline.settings import Settings
 from tests.support.limit_rules import RecordingWriter
-from tests.support.runtime import running_pipeline, runtime_settings
+from tests.support.runtime import run_cli, running_pipeline, runtime_settings
 from tests.unit.test_admin_api import CommandLog, ServiceTable
 from topics.provision import provision
 
@@ -113,22 +110,6 @@ def eventually(probe: Callable[[], Any], accept: Callable[[Any], bool]) -> Any:
         time.sleep(0.1)
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_a_full_queue_says_what_blocks_it_and_where_each_invocation_stands(
     settings: Settings, api: TestClient, release: threading.Event
 ) -> None:
@@ -156,7 +137,7 @@ def test_a_full_queue_says_what_blocks_it_and_where_each_invocation_stands(
         assert (waiting["blocker"], waiting["blocker_rule_id"]) == ("concurrency", "per-key")
         assert waiting["queue_path"] == "/queues/acme/k"
 
-        shown = cli(settings, "queues", "show", "acme/k")
+        shown = run_cli(settings, "queues", "show", "acme/k")
         assert shown.returncode == 0, shown.stderr
         report = json.loads(shown.stdout)
         assert (report["running"], report["queued"], report["head_blocker"]) == (

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,7 @@ from pipeline.runtime.limit_rules import (
 )
 from pipeline.runtime.views import LimitRulesView
 from pipeline.settings import Settings
-from tests.support.runtime import runtime_settings
+from tests.support.runtime import run_cli, runtime_settings
 from tests.unit.test_admin_api import CommandLog, InvocationTable, ServiceTable
 from topics.provision import provision
 
@@ -163,32 +160,16 @@ def test_cli_puts_and_gets_rules(settings: Settings, codec: WireCodec, tmp_path:
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"rules": [{"id": "acme", "pattern": "acme/*", "concurrency": 2}]}))
 
-    put = _cli(settings, "limits", "put", str(rules))
+    put = run_cli(settings, "limits", "put", str(rules))
     assert put.returncode == 0, put.stderr
     assert json.loads(put.stdout)["version"] == 1
 
-    got = _cli(settings, "limits", "get")
+    got = run_cli(settings, "limits", "get")
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout) == json.loads(put.stdout)
     assert read_rules(settings, codec) == RuleSet(1, (ACME,))
 
     rules.write_text(json.dumps({"rules": [{"id": "b", "pattern": "*"}], "if_version": 0}))
-    conflict = _cli(settings, "limits", "put", str(rules))
+    conflict = run_cli(settings, "limits", "put", str(rules))
     assert conflict.returncode == 2
     assert "at version 1, not the expected version 0" in conflict.stderr
-
-
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )

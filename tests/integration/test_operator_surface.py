@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -21,7 +18,7 @@ from pipeline.runtime.commands import InvocationCommandProducer
 from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
 from tests.support.limit_rules import memory_limit_rules
-from tests.support.runtime import running_pipeline, runtime_settings
+from tests.support.runtime import run_cli, running_pipeline, runtime_settings
 from topics.provision import TopicMismatch, provision
 
 
@@ -52,37 +49,19 @@ def test_provisioning_is_idempotent_and_refuses_a_mismatch(
     )
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
-        "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
-        "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_cli_invokes_and_prints_results(settings: Settings) -> None:
-    waited = _cli(settings, "invoke", "Greeter/greet", "--data", '{"name": "Ada"}', "--wait")
+    waited = run_cli(settings, "invoke", "Greeter/greet", "--data", '{"name": "Ada"}', "--wait")
     assert waited.returncode == 0, waited.stderr
     assert json.loads(waited.stdout)["greeting"] == "Hello, Ada!"
 
-    sent = _cli(settings, "invoke", "Greeter/greet", "--data", "{}", "--idempotency-key", "k")
+    sent = run_cli(settings, "invoke", "Greeter/greet", "--data", "{}", "--idempotency-key", "k")
     invocation_id = sent.stdout.strip()
     assert invocation_id == "idem:Greeter/greet:k"
-    got = _cli(settings, "results", "get", invocation_id)
+    got = run_cli(settings, "results", "get", invocation_id)
     result = json.loads(got.stdout)
     assert result["status"] == "failed" and "non-empty" in result["error"]["message"]
 
-    bad = _cli(settings, "invoke", "Greeter/greet", "--data", "{not json")
+    bad = run_cli(settings, "invoke", "Greeter/greet", "--data", "{not json")
     assert bad.returncode == 2 and "--data is not valid JSON" in bad.stderr
 
 

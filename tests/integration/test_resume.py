@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,7 +22,7 @@ from pipeline.runtime.commands import InvocationCommandProducer
 from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
 from tests.support.limit_rules import memory_limit_rules
-from tests.support.runtime import running_pipeline, runtime_settings
+from tests.support.runtime import run_cli, running_pipeline, runtime_settings
 
 pytestmark = pytest.mark.integration
 
@@ -162,27 +159,8 @@ def test_cli_resumes_a_paused_invocation_by_id_and_partition_key(
         assert wait_paused(state_view, invocation_id).attempt == 2
 
         MAY_SUCCEED.set()
-        resumed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.cli",
-                "invocations",
-                "resume",
-                invocation_id,
-                "--partition-key",
-                scope,
-            ],
-            env={
-                **os.environ,
-                "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-                "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
-                "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
-            },
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        resumed = run_cli(
+            settings, "invocations", "resume", invocation_id, "--partition-key", scope
         )
         assert resumed.returncode == 0, resumed.stderr
         assert resumed.stdout.strip() == f"resume requested for {invocation_id}"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -99,3 +102,22 @@ def running_pipeline(settings: Settings, services: Sequence[Service]) -> Iterato
     register(settings, services)
     with running_worker(settings, services), running_scheduler(settings):
         yield
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`pipeline <args>` in a subprocess, configured like `settings`."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
+        "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
+        "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
