@@ -18,6 +18,15 @@ from topics.provision import provision
 
 @contextmanager
 def broker() -> Iterator[str]:
+    """A broker for one benchmark run; schedulers keep their RocksDB state beside it."""
+    with tempfile.TemporaryDirectory() as state_dir:
+        os.environ.setdefault("PIPELINE_STATE_DIR", state_dir)
+        with _broker() as bootstrap:
+            yield bootstrap
+
+
+@contextmanager
+def _broker() -> Iterator[str]:
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield external

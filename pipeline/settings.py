@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -50,6 +51,13 @@ class Settings(BaseSettings):
         "StatefulSet pod name) and a restarted process takes its partitions back and "
         "fences its predecessor's open transaction at once; unset, a restart waits for "
         "the session (10 s) and transaction (10 s) timeouts of the dead process.",
+    )
+
+    state_dir: Path | None = Field(
+        default=None,
+        description="Where the scheduler keeps its local RocksDB state (a cache of the "
+        "changelog: losing it costs a full restore, not data). Default: "
+        "$XDG_STATE_HOME/pipeline, else ~/.local/state/pipeline.",
     )
 
     admin_api_host: str = "127.0.0.1"

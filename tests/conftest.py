@@ -36,6 +36,18 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def scheduler_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Schedulers of this session, in-process or not, keep RocksDB state in a tmp dir."""
+    previous = os.environ.get("PIPELINE_STATE_DIR")
+    os.environ["PIPELINE_STATE_DIR"] = str(tmp_path_factory.mktemp("scheduler-state"))
+    yield
+    if previous is None:
+        del os.environ["PIPELINE_STATE_DIR"]
+    else:
+        os.environ["PIPELINE_STATE_DIR"] = previous
+
+
 @pytest.fixture
 def topic_prefix() -> str:
     """A per-test topic name prefix, so tests sharing the broker never collide."""

@@ -1,127 +1,510 @@
-"""The scheduler's mutable state of one partition, and its changelog.
+"""The scheduler's state of one partition: committed rows in RocksDB, this batch above.
 
-The core hands back new frozen values; this container stores them, remembers which
-keys changed in the current transaction and keeps a timer heap derived from the
-invocations' `wake_at_ms`. It is rebuilt from the compacted changelog topic whenever
-the partition is assigned, so the changelog is the only durable copy.
+The core hands back new frozen values; this container stores them. Reads see the
+current batch's writes first, then a small cache of decoded committed rows, then
+RocksDB. A batch's writes reach RocksDB only in `commit`, which the processor calls
+after the Kafka transaction carrying the same changes to the changelog committed, so
+the local store never holds state Kafka could still abort. `discard` drops a batch.
+
+Row layout, every key after the partition's two-byte prefix:
+
+    m                            checkpoint: next changelog offset, rules version, time
+    i {id}                       invocation state (the changelog value)
+    q {queue}                    queue state (the changelog value)
+    w {queue} 0x00 {prio}{seq}   -> id: waiting order of a queue (derived)
+    t {at_ms}{id}                invocation timers (derived)
+    k {at_ms}{queue}             when a throttled queue may start again (derived)
+
+Derived rows are kept in step with the state rows they come from, so nothing needs
+rebuilding in memory on restart: recovery reads the changelog from the checkpoint on.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from rocksdict import WriteBatch
 
 from pipeline.codec.records import WireCodec
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import QueueId
 from pipeline.core.state import Invocation, VirtualQueue
+from pipeline.runtime.scheduler.state_store import StateStore, partition_prefix
 
 log = logging.getLogger(__name__)
 
 INVOCATION_PREFIX = "i/"
 QUEUE_PREFIX = "q/"
 
+# A compacted topic drops tombstones after `delete.retention.ms` (one day by default).
+# A checkpoint older than that may miss deletions, so it is thrown away instead.
+CHECKPOINT_MAX_AGE_MS = 12 * 3600 * 1000
+_RESTORE_COMMIT_EVERY = 20_000
+_CACHE_ROWS = 10_000
+_FLOORS = 50_000
+_PRUNE_MAX = 1_000
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    changelog: str
+    offset: int
+    rules_version: int
+    saved_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangelogWrite:
+    key: str
+    value: bytes | None
+
 
 class PartitionState:
-    def __init__(self, partition: int) -> None:
+    def __init__(self, store: StateStore, partition: int, codec: WireCodec) -> None:
         self.partition = partition
-        self.invocations: dict[str, Invocation] = {}
-        self.queues: dict[QueueId, VirtualQueue] = {}
-        self._timers: list[tuple[int, str]] = []
-        # Derived from the pending invocations, so never written anywhere: per queue, a
-        # heap of (priority, seq, id); stale entries are skipped when read.
-        self._waiting: dict[QueueId, list[tuple[int, int, str]]] = {}
-        self._queue_wakes: list[tuple[int, QueueId]] = []
+        self._db = store.db
+        self._codec = codec
+        self._p = partition_prefix(partition)
+        self._cache: OrderedDict[bytes, Invocation | VirtualQueue] = OrderedDict()
+        self._invocations: dict[str, Invocation | None] = {}
+        self._queues: dict[QueueId, VirtualQueue | None] = {}
+        self._index: dict[bytes, bytes | None] = {}
+        # Changelog values read while restoring, written to RocksDB as they are.
+        self._raw: dict[str, bytes | None] = {}
+        self._created: set[bytes] = set()
+        self._new_waiting: dict[QueueId, list[bytes]] = {}
+        self._new_timers: list[bytes] = []
+        self._new_wakes: list[bytes] = []
+        # Per index prefix, a key below which nothing live is stored. Consumed entries
+        # leave tombstones at the front of an index until RocksDB compacts them away; a
+        # seek from the bare prefix would wade through all of them (1 ms per 20,000).
+        self._floors: OrderedDict[bytes, bytes] = OrderedDict()
         self._touched_queues: set[QueueId] = set()
-        self.dirty_invocations: set[str] = set()
-        self.dirty_queues: set[QueueId] = set()
+        # True until every queue was looked at under the rules in force: after new
+        # rules, or when the local store could not say which rules it was pumped under.
+        self.full_pump_needed = True
+
+    # -- reading ---------------------------------------------------------------------
+
+    def invocation(self, invocation_id: str) -> Invocation | None:
+        if invocation_id in self._invocations:
+            return self._invocations[invocation_id]
+        return self._committed(
+            self._p + b"i" + invocation_id.encode(), self._codec.decode_invocation_state
+        )
 
     def queue(self, queue_id: QueueId) -> VirtualQueue:
-        return self.queues.get(queue_id) or VirtualQueue(queue_id)
+        return self.queue_or_none(queue_id) or VirtualQueue(queue_id)
 
-    def put_invocation(self, invocation: Invocation, *, dirty: bool = True) -> None:
-        self.invocations[invocation.id] = invocation
-        if invocation.wake_at_ms is not None:
-            heapq.heappush(self._timers, (invocation.wake_at_ms, invocation.id))
-        if invocation.status is InvocationStatus.PENDING:
-            entry = (invocation.request.priority, invocation.queue_seq, invocation.id)
-            heapq.heappush(self._waiting.setdefault(invocation.queue_id, []), entry)
-        if dirty:
-            self.dirty_invocations.add(invocation.id)
+    def queue_or_none(self, queue_id: QueueId) -> VirtualQueue | None:
+        if queue_id in self._queues:
+            return self._queues[queue_id]
+        return self._committed(self._queue_key(queue_id), self._codec.decode_queue_state)
 
-    def forget_invocation(self, invocation_id: str) -> None:
-        self.invocations.pop(invocation_id, None)
-        self.dirty_invocations.add(invocation_id)
+    def _committed(self, key: bytes, decode: Callable[[bytes], _T]) -> _T | None:
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached  # type: ignore[return-value]
+        raw = self._db.get(key)
+        if raw is None:
+            return None
+        value = decode(raw)
+        self._remember(key, value)  # type: ignore[arg-type]
+        return value
 
-    def put_queue(self, queue: VirtualQueue, now_ms: int | None = None) -> None:
-        """Store a queue's new state; `now_ms` None means restoring (nothing is dirty)."""
-        if now_ms is not None and queue.is_idle_at(now_ms):
-            self.queues.pop(queue.id, None)
-            self._waiting.pop(queue.id, None)
-        else:
-            self.queues[queue.id] = queue
-        if now_ms is not None:
-            self.dirty_queues.add(queue.id)
-            self._touched_queues.add(queue.id)
+    def _remember(self, key: bytes, value: Invocation | VirtualQueue) -> None:
+        self._cache[key] = value
+        self._cache.move_to_end(key)
+        if len(self._cache) > _CACHE_ROWS:
+            self._cache.popitem(last=False)
 
     def waiting_head(self, queue_id: QueueId) -> str | None:
         """The pending invocation that starts next in this queue, if any."""
-        heap = self._waiting.get(queue_id)
-        while heap:
-            _, seq, invocation_id = heap[0]
-            invocation = self.invocations.get(invocation_id)
-            if (
-                invocation is not None
-                and invocation.status is InvocationStatus.PENDING
-                and invocation.queue_seq == seq
-            ):
-                return invocation_id
-            heapq.heappop(heap)
+        prefix = self._p + b"w" + str(queue_id).encode() + b"\x00"
+        stored = self._first_live(prefix)
+        new = self._first_new(self._new_waiting.get(queue_id, []))
+        candidates = [k for k in (stored, new) if k is not None]
+        if not candidates:
+            return None
+        key = min(candidates)
+        value = self._index.get(key) or self._db.get(key)
+        return None if value is None else bytes(value).decode()
+
+    def _first_live(self, prefix: bytes) -> bytes | None:
+        """The first stored key under `prefix` that this batch did not delete."""
+        iterator = self._db.iter()
+        iterator.seek(self._floor(prefix))
+        while iterator.valid():
+            key: bytes = iterator.key()
+            if not key.startswith(prefix):
+                break
+            if not (key in self._index and self._index[key] is None):
+                self._set_floor(prefix, key)
+                return key
+            iterator.next()
+        # Nothing live: keys written later lower the floor again when committed.
+        self._set_floor(prefix, prefix + b"\xff")
         return None
 
+    def _floor(self, prefix: bytes) -> bytes:
+        floor = self._floors.get(prefix)
+        if floor is None:
+            return prefix
+        self._floors.move_to_end(prefix)
+        return floor
+
+    def _set_floor(self, prefix: bytes, key: bytes) -> None:
+        self._floors[prefix] = key
+        self._floors.move_to_end(prefix)
+        if len(self._floors) > _FLOORS:
+            self._floors.popitem(last=False)
+
+    def _lower_floor(self, prefix: bytes, key: bytes) -> None:
+        floor = self._floors.get(prefix)
+        if floor is not None and key < floor:
+            self._floors[prefix] = key
+
+    def _first_new(self, heap: list[bytes]) -> bytes | None:
+        while heap and self._index.get(heap[0]) is None:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    # -- writing ---------------------------------------------------------------------
+
+    def put_invocation(self, invocation: Invocation) -> None:
+        self._reindex(self.invocation(invocation.id), invocation)
+        self._invocations[invocation.id] = invocation
+
+    def forget_invocation(self, invocation_id: str) -> None:
+        self._reindex(self.invocation(invocation_id), None)
+        self._invocations[invocation_id] = None
+
+    def put_queue(self, queue: VirtualQueue, now_ms: int) -> None:
+        self._queues[queue.id] = None if queue.is_idle_at(now_ms) else queue
+        self._touched_queues.add(queue.id)
+
+    def _reindex(self, old: Invocation | None, new: Invocation | None) -> None:
+        old_waiting, new_waiting = self._waiting_key(old), self._waiting_key(new)
+        if old_waiting != new_waiting:
+            if old_waiting in self._created:
+                # Never stored, so it needs no delete: most invocations wait for no
+                # batch at all, and each delete would leave a tombstone behind.
+                del self._index[old_waiting]
+            elif old_waiting is not None:
+                self._index[old_waiting] = None
+            if new_waiting is not None and new is not None:
+                # New: a waiting key carries the queue sequence number taken on entry.
+                self._created.add(new_waiting)
+                self._index[new_waiting] = new.id.encode()
+                heapq.heappush(self._new_waiting.setdefault(new.queue_id, []), new_waiting)
+        # A timer row is not deleted when its invocation's wake time moves on: a delete
+        # amid the index leaves a tombstone that every later seek wades through. Stale
+        # rows are dropped when they reach the front (`pop_due`, `next_wake_ms`).
+        # The new row is set even when unchanged: `pop_due` deleted it, and an
+        # invocation that keeps its wake time must keep its timer.
+        new_timer = self._timer_key(new)
+        if new_timer is not None:
+            self._index[new_timer] = b""
+            heapq.heappush(self._new_timers, new_timer)
+
+    def _waiting_key(self, invocation: Invocation | None) -> bytes | None:
+        if invocation is None or invocation.status is not InvocationStatus.PENDING:
+            return None
+        return (
+            self._p
+            + b"w"
+            + str(invocation.queue_id).encode()
+            + b"\x00"
+            + bytes([invocation.request.priority])
+            + invocation.queue_seq.to_bytes(8, "big")
+        )
+
+    def _timer_key(self, invocation: Invocation | None) -> bytes | None:
+        if invocation is None or invocation.wake_at_ms is None:
+            return None
+        return self._p + b"t" + _time(invocation.wake_at_ms) + invocation.id.encode()
+
+    def _queue_key(self, queue_id: QueueId) -> bytes:
+        return self._p + b"q" + str(queue_id).encode()
+
+    # -- timers and pumping ----------------------------------------------------------
+
     def wake_queue_at(self, queue_id: QueueId, at_ms: int) -> None:
-        heapq.heappush(self._queue_wakes, (at_ms, queue_id))
+        key = self._p + b"k" + _time(at_ms) + str(queue_id).encode()
+        self._index[key] = b""
+        heapq.heappush(self._new_wakes, key)
 
-    def queues_to_pump(self, now_ms: int, *, everything: bool = False) -> list[QueueId]:
-        """Queues whose head may be admitted: touched since last time, or due to wake."""
-        due = set(self.queues) if everything else self._touched_queues
-        self._touched_queues = set()
-        while self._queue_wakes and self._queue_wakes[0][0] <= now_ms:
-            due.add(heapq.heappop(self._queue_wakes)[1])
-        return [q for q in due if (queue := self.queues.get(q)) is not None and queue.queued]
-
-    def next_wake_ms(self) -> int | None:
-        wakes = [heap[0][0] for heap in (self._timers, self._queue_wakes) if heap]
-        return min(wakes) if wakes else None
-
-    def pop_due(self, now_ms: int) -> list[str]:
-        """Ids whose timer is due; stale heap entries (timer since moved) are dropped."""
-        due: list[str] = []
-        while self._timers and self._timers[0][0] <= now_ms:
-            at, invocation_id = heapq.heappop(self._timers)
-            invocation = self.invocations.get(invocation_id)
-            if invocation is not None and invocation.wake_at_ms == at:
-                due.append(invocation_id)
+    def _pop_due_keys(self, tag: bytes, new: list[bytes], now_ms: int) -> list[bytes]:
+        prefix = self._p + tag
+        upto = prefix + _time(now_ms) + b"\xff"
+        due: list[bytes] = []
+        iterator = self._db.iter()
+        iterator.seek(self._floor(prefix))
+        while iterator.valid():
+            key: bytes = iterator.key()
+            if not key.startswith(prefix) or key > upto:
+                break
+            if not (key in self._index and self._index[key] is None):
+                due.append(key)
+            iterator.next()
+        while (head := self._first_new(new)) is not None and head <= upto:
+            heapq.heappop(new)
+            due.append(head)
+        for key in due:
+            self._index[key] = None
+        # Only ever up: a floor above `upto` already skips the tombstones in between.
+        self._set_floor(prefix, max(self._floor(prefix), upto))
         return due
 
-    def take_changes(
-        self,
-    ) -> tuple[list[tuple[str, Invocation | None]], list[tuple[QueueId, VirtualQueue | None]]]:
-        """What changed since the last call; None stands for deleted."""
-        invocations = [(i, self.invocations.get(i)) for i in self.dirty_invocations]
-        queues = [(q, self.queues.get(q)) for q in self.dirty_queues]
-        self.dirty_invocations.clear()
-        self.dirty_queues.clear()
-        return invocations, queues
+    def pop_due(self, now_ms: int) -> list[str]:
+        """Ids whose timer is due, each once; their timer rows are deleted."""
+        due: dict[str, None] = {}
+        for key in self._pop_due_keys(b"t", self._new_timers, now_ms):
+            if self._timer_is_live(key):
+                due[key[11:].decode()] = None
+        return list(due)
+
+    def queues_to_pump(self, now_ms: int) -> Iterator[QueueId]:
+        """Queues whose head may be admitted: touched since last time, or due to wake.
+
+        After `full_pump_needed` was set, every queue of the partition: then the
+        iteration runs over RocksDB rather than a list, so a million queues need no
+        million-entry list.
+        """
+        due = self._touched_queues
+        self._touched_queues = set()
+        for key in self._pop_due_keys(b"k", self._new_wakes, now_ms):
+            due.add(QueueId.parse(key[11:].decode()))
+        if self.full_pump_needed:
+            self.full_pump_needed = False
+            due.update(q for q, v in self._queues.items() if v is not None)
+            yield from self._stored_queues(exclude=due)
+        for queue_id in due:
+            queue = self.queue_or_none(queue_id)
+            if queue is not None and queue.queued:
+                yield queue_id
+
+    def _stored_queues(self, exclude: set[QueueId]) -> Iterator[QueueId]:
+        prefix = self._p + b"q"
+        iterator = self._db.iter()
+        iterator.seek(prefix)
+        while iterator.valid():
+            key: bytes = iterator.key()
+            if not key.startswith(prefix):
+                return
+            queue_id = QueueId.parse(key[3:].decode())
+            if queue_id not in exclude:
+                queue = self.queue_or_none(queue_id)
+                if queue is not None and queue.queued:
+                    yield queue_id
+            iterator.next()
+
+    def next_wake_ms(self) -> int | None:
+        keys = [
+            self._first_timer(),
+            self._first_new_timer(),
+            self._first_live(self._p + b"k"),
+            self._first_new(self._new_wakes),
+        ]
+        wakes = [_at(key) for key in keys if key is not None]
+        return min(wakes) if wakes else None
+
+    def _first_timer(self) -> bytes | None:
+        """The first stored timer row that is not stale; between batches, the stale
+        rows in front of it are deleted and the floor moves up to it."""
+        prefix = self._p + b"t"
+        between_batches = not self._index
+        iterator = self._db.iter()
+        iterator.seek(self._floor(prefix))
+        stale = 0
+        while iterator.valid() and (key := bytes(iterator.key())).startswith(prefix):
+            if not (key in self._index and self._index[key] is None):
+                # Past the limit, wake at this row's time and look on from there.
+                if stale >= _PRUNE_MAX or self._timer_is_live(key):
+                    if between_batches:
+                        self._set_floor(prefix, key)
+                    return key
+                stale += 1
+                if between_batches:
+                    self._db.delete(key)
+            iterator.next()
+        return None
+
+    def _first_new_timer(self) -> bytes | None:
+        while (key := self._first_new(self._new_timers)) is not None:
+            if self._timer_is_live(key):
+                return key
+            heapq.heappop(self._new_timers)
+        return None
+
+    def _timer_is_live(self, key: bytes) -> bool:
+        invocation = self.invocation(key[11:].decode())
+        return (
+            invocation is not None
+            and invocation.wake_at_ms is not None
+            and _time(invocation.wake_at_ms) == key[3:11]
+        )
+
+    # -- the batch -------------------------------------------------------------------
+
+    def changelog_writes(self) -> list[ChangelogWrite]:
+        """This batch's state rows as changelog records."""
+        writes: list[ChangelogWrite] = []
+        for invocation_id, invocation in self._invocations.items():
+            key = INVOCATION_PREFIX + invocation_id
+            if key in self._raw:
+                writes.append(ChangelogWrite(key, self._raw[key]))
+            else:
+                encoded = (
+                    None if invocation is None else self._codec.encode_invocation_state(invocation)
+                )
+                writes.append(ChangelogWrite(key, encoded))
+        for queue_id, queue in self._queues.items():
+            key = QUEUE_PREFIX + str(queue_id)
+            if key in self._raw:
+                writes.append(ChangelogWrite(key, self._raw[key]))
+            else:
+                encoded = None if queue is None else self._codec.encode_queue_state(queue)
+                writes.append(ChangelogWrite(key, encoded))
+        return writes
+
+    def changed_queues(self) -> list[tuple[QueueId, VirtualQueue | None]]:
+        return list(self._queues.items())
+
+    def commit(self, writes: list[ChangelogWrite], checkpoint: Checkpoint | None) -> None:
+        """Write the batch (whose changelog records Kafka committed) to RocksDB."""
+        batch = WriteBatch(raw_mode=True)
+        for write in writes:
+            key = self._row_key(write.key)
+            if write.value is None:
+                batch.delete(key)
+                self._cache.pop(key, None)
+            else:
+                batch.put(key, write.value)
+        for key, value in self._index.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+                self._lower_floor(_index_prefix(key), key)
+        if checkpoint is not None:
+            batch.put(self._p + b"m", _encode_checkpoint(checkpoint))
+        self._db.write(batch)
+        for invocation_id, invocation in self._invocations.items():
+            if invocation is not None:
+                self._remember(self._p + b"i" + invocation_id.encode(), invocation)
+        for queue_id, queue in self._queues.items():
+            if queue is not None:
+                self._remember(self._queue_key(queue_id), queue)
+        self._clear_batch()
+
+    def discard(self) -> None:
+        """Forget the batch: its Kafka transaction aborted."""
+        self._clear_batch()
+        # Floors moved past entries this batch deleted, which are live again.
+        self._floors.clear()
+        self._touched_queues = set()
+        self.full_pump_needed = True
+
+    def _clear_batch(self) -> None:
+        self._invocations.clear()
+        self._queues.clear()
+        self._index.clear()
+        self._raw.clear()
+        self._created.clear()
+        self._new_waiting.clear()
+        self._new_timers.clear()
+        self._new_wakes.clear()
+
+    def _row_key(self, changelog_key: str) -> bytes:
+        if changelog_key.startswith(INVOCATION_PREFIX):
+            return self._p + b"i" + changelog_key[len(INVOCATION_PREFIX) :].encode()
+        return self._p + b"q" + changelog_key[len(QUEUE_PREFIX) :].encode()
+
+    # -- checkpoint ------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint | None:
+        raw = self._db.get(self._p + b"m")
+        if raw is None:
+            return None
+        fields = json.loads(bytes(raw))
+        return Checkpoint(
+            fields["changelog"], fields["offset"], fields["rules_version"], fields["saved_at_ms"]
+        )
+
+    def apply_changelog(self, key: bytes | None, value: bytes | None, now_ms: int) -> None:
+        """Fold one changelog record into the batch, as restoring does."""
+        text = (key or b"").decode()
+        if text.startswith(INVOCATION_PREFIX):
+            invocation_id = text[len(INVOCATION_PREFIX) :]
+            if value is None:
+                self.forget_invocation(invocation_id)
+            else:
+                self.put_invocation(self._codec.decode_invocation_state(value))
+            self._raw[text] = value
+        elif text.startswith(QUEUE_PREFIX):
+            queue_id = QueueId.parse(text[len(QUEUE_PREFIX) :])
+            self._queues[queue_id] = (
+                None if value is None else self._codec.decode_queue_state(value)
+            )
+            self._raw[text] = value
+            if not self.full_pump_needed:
+                self._touched_queues.add(queue_id)
+        else:
+            log.warning("skipping changelog record with unknown key %r", text)
+
+
+def _index_prefix(key: bytes) -> bytes:
+    if key[2:3] == b"w":
+        return key[: key.index(b"\x00", 3) + 1]
+    return key[:3]
+
+
+def _time(at_ms: int) -> bytes:
+    return max(at_ms, 0).to_bytes(8, "big")
+
+
+def _at(key: bytes) -> int:
+    return int.from_bytes(key[3:11], "big")
+
+
+def _encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    return json.dumps(
+        {
+            "changelog": checkpoint.changelog,
+            "offset": checkpoint.offset,
+            "rules_version": checkpoint.rules_version,
+            "saved_at_ms": checkpoint.saved_at_ms,
+        }
+    ).encode()
 
 
 def restore(
-    consumer_config: dict[str, object], changelog: str, partition: int, codec: WireCodec
+    store: StateStore,
+    consumer_config: dict[str, object],
+    changelog: str,
+    partition: int,
+    codec: WireCodec,
+    *,
+    rules_version: int,
+    now_ms: int,
 ) -> PartitionState:
-    """Fold the committed changelog of one partition into a fresh state."""
-    state = PartitionState(partition)
+    """Bring the local store of one partition up to the end of its committed changelog.
+
+    A usable checkpoint means only the records after it are read; otherwise the
+    partition's rows are wiped and the whole changelog is folded in.
+    """
+    state = PartitionState(store, partition, codec)
     consumer = Consumer(
         {
             **consumer_config,
@@ -131,45 +514,73 @@ def restore(
         }
     )
     try:
-        consumer.assign([TopicPartition(changelog, partition, 0)])
-        records = 0
-        while True:
-            message = consumer.poll(5.0)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    break
-                raise RuntimeError(f"restoring {changelog}[{partition}] failed: {error}")
-            records += 1
-            _apply_changelog_record(state, message.key(), message.value(), codec)
+        low, high = consumer.get_watermark_offsets(TopicPartition(changelog, partition), 30)
+        checkpoint = state.checkpoint()
+        start = _usable_start(checkpoint, changelog, high, now_ms)
+        if start is None:
+            store.wipe_partition(partition)
+            start = 0
+        else:
+            assert checkpoint is not None
+            state.full_pump_needed = checkpoint.rules_version != rules_version
+        records, end = 0, start
+        if start < high:
+            consumer.assign([TopicPartition(changelog, partition, max(start, low))])
+            records = _fold(consumer, state, changelog, rules_version, now_ms)
+            end = max(consumer.position([TopicPartition(changelog, partition)])[0].offset, start)
+        checkpoint = Checkpoint(changelog, end, _rules_version(state, rules_version), now_ms)
+        state.commit(state.changelog_writes(), checkpoint)
     finally:
         consumer.close()
     log.info(
-        "restored partition %d: %d records, %d invocations, %d queues",
+        "restored partition %d from changelog offset %d: %d records read",
         partition,
+        start,
         records,
-        len(state.invocations),
-        len(state.queues),
     )
     return state
 
 
-def _apply_changelog_record(
-    state: PartitionState, key: bytes | None, value: bytes | None, codec: WireCodec
-) -> None:
-    text = (key or b"").decode()
-    if text.startswith(INVOCATION_PREFIX):
-        if value is None:
-            state.invocations.pop(text[len(INVOCATION_PREFIX) :], None)
-        else:
-            state.put_invocation(codec.decode_invocation_state(value), dirty=False)
-    elif text.startswith(QUEUE_PREFIX):
-        queue_id = QueueId.parse(text[len(QUEUE_PREFIX) :])
-        if value is None:
-            state.queues.pop(queue_id, None)
-        else:
-            state.put_queue(codec.decode_queue_state(value))
-    else:
-        log.warning("skipping changelog record with unknown key %r", text)
+def _usable_start(
+    checkpoint: Checkpoint | None, changelog: str, high: int, now_ms: int
+) -> int | None:
+    if checkpoint is None or checkpoint.changelog != changelog:
+        return None
+    if checkpoint.offset > high:
+        log.warning("local checkpoint is ahead of %s (recreated?): restoring in full", changelog)
+        return None
+    if now_ms - checkpoint.saved_at_ms > CHECKPOINT_MAX_AGE_MS:
+        log.info("local checkpoint older than %d ms: restoring in full", CHECKPOINT_MAX_AGE_MS)
+        return None
+    return checkpoint.offset
+
+
+def _rules_version(state: PartitionState, rules_version: int) -> int:
+    # A partition still owing a full pump must not claim it was pumped under these rules.
+    return -1 if state.full_pump_needed else rules_version
+
+
+def _fold(
+    consumer: Consumer, state: PartitionState, changelog: str, rules_version: int, now_ms: int
+) -> int:
+    records = 0
+    offset = -1
+    while True:
+        message = consumer.poll(5.0)
+        if message is None:
+            continue
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return records
+            raise RuntimeError(f"restoring {changelog}[{state.partition}] failed: {error}")
+        records += 1
+        offset = message.offset() or 0
+        state.apply_changelog(message.key(), message.value(), now_ms)
+        if records % _RESTORE_COMMIT_EVERY == 0:
+            # Bounds the batch held in memory; the checkpoint makes the work so far count
+            # if this restore is interrupted.
+            state.commit(
+                state.changelog_writes(),
+                Checkpoint(changelog, offset + 1, _rules_version(state, rules_version), now_ms),
+            )

@@ -10,11 +10,13 @@ Commit protocol, per batch:
 4. Produce every key changed in this batch to the changelog, and a snapshot of each
    touched queue to `queue-state`.
 5. Add the consumed offsets to the transaction and commit it.
+6. Write the batch's state to the local RocksDB, with the changelog offset it reaches.
 
 A crash anywhere before step 5 aborts the whole batch: its outputs vanish for
 read_committed readers and the batch is consumed again from the committed offsets
-against the state restored from the committed changelog. That is what makes "exactly
-one result per invocation" hold under kill -9.
+against the state of the last committed batch. That is what makes "exactly one result
+per invocation" hold under kill -9. A crash between 5 and 6 leaves RocksDB a batch
+behind; restoring reads the changelog from the stored offset on, which repairs it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from pipeline.codec.records import WireCodec
 from pipeline.core.admission import Blocked, admission
@@ -59,17 +68,21 @@ from pipeline.errors import DecodeError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.limit_rules import LimitRuleReader
 from pipeline.runtime.scheduler.partition_state import (
-    INVOCATION_PREFIX,
-    QUEUE_PREFIX,
+    ChangelogWrite,
+    Checkpoint,
     PartitionState,
     restore,
 )
 from pipeline.runtime.scheduler.service_registry import ServiceRegistry
+from pipeline.runtime.scheduler.state_store import StateStore, default_state_root
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+
+# Rules are matched per queue; a million queues must not mean a million cached matches.
+_RULE_CACHE_SIZE = 50_000
 
 
 class SchedulerProcessor:
@@ -94,9 +107,10 @@ class SchedulerProcessor:
         self._rules: tuple[LimitRule, ...] = ()
         self._rules_version = 0
         self._rule_cache: dict[QueueId, LimitRule | None] = {}
-        # Set when every waiting queue must be looked at again: new rules (a raised limit
-        # or an unpause wakes parked work at once) or newly assigned partitions.
-        self._pump_all = False
+        self._state_store: StateStore | None = None
+        # Per partition, the offset after its last changelog record Kafka acknowledged:
+        # the checkpoint stored with each batch.
+        self._changelog_end: dict[int, int] = {}
 
     # -- configuration ---------------------------------------------------------------
 
@@ -147,6 +161,11 @@ class SchedulerProcessor:
     # -- the loop --------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        self._state_store = StateStore(
+            self._settings.state_dir or default_state_root(),
+            self._names.group("scheduler"),
+            self._settings.instance_id,
+        )
         producer = Producer(self._producer_config())
         producer.init_transactions(30)
         self._producer = producer
@@ -180,6 +199,9 @@ class SchedulerProcessor:
             registry.close()
             rules.close()
             producer.flush(10)
+            self._states.clear()
+            self._state_store.close()
+            self._state_store = None
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
         # consume(n, timeout) waits for n records or the timeout, which would add the
@@ -197,8 +219,9 @@ class SchedulerProcessor:
         return min(max((min(wakes) - self._clock()) / 1000, 0.0), 0.1)
 
     def _timers_due(self, now: int) -> bool:
-        return self._pump_all or any(
-            (w := s.next_wake_ms()) is not None and w <= now for s in self._states.values()
+        return any(
+            s.full_pump_needed or ((w := s.next_wake_ms()) is not None and w <= now)
+            for s in self._states.values()
         )
 
     def set_rules(self, ruleset: RuleSet) -> None:
@@ -207,20 +230,24 @@ class SchedulerProcessor:
         self._rules = ruleset.rules
         self._rules_version = ruleset.version
         self._rule_cache.clear()
-        self._pump_all = True
+        # A raised limit or an unpause wakes parked work at once.
+        for state in self._states.values():
+            state.full_pump_needed = True
 
     def _rule_for(self, queue_id: QueueId) -> LimitRule | None:
         try:
             return self._rule_cache[queue_id]
         except KeyError:
+            if len(self._rule_cache) >= _RULE_CACHE_SIZE:
+                self._rule_cache.clear()
             rule = self._rule_cache[queue_id] = governing_rule(self._rules, queue_id)
             return rule
 
-    def _pump(self, state: PartitionState, now: int, *, everything: bool) -> None:
+    def _pump(self, state: PartitionState, now: int) -> None:
         """Start the heads of waiting queues, in priority and FIFO order, within limits."""
-        for queue_id in state.queues_to_pump(now, everything=everything):
+        for queue_id in state.queues_to_pump(now):
             rule = self._rule_for(queue_id)
-            while (queue := state.queues.get(queue_id)) is not None and queue.queued > 0:
+            while (queue := state.queue_or_none(queue_id)) is not None and queue.queued > 0:
                 verdict = admission(queue, rule, now)
                 if isinstance(verdict, Blocked):
                     if verdict.until_ms is not None:
@@ -245,10 +272,9 @@ class SchedulerProcessor:
                 for state in list(self._states.values()):
                     for invocation_id in state.pop_due(now):
                         self._apply(state, invocation_id, TimerDue(invocation_id), now)
-            everything, self._pump_all = self._pump_all, False
             for state in list(self._states.values()):
-                self._pump(state, now, everything=everything)
-            self._write_changes(producer, now)
+                self._pump(state, now)
+            writes = self._write_changes(now)
             if self._offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
                 producer.send_offsets_to_transaction(
@@ -256,6 +282,16 @@ class SchedulerProcessor:
                 )
             producer.commit_transaction(30)
             self._offsets.clear()
+            # Serve the delivery reports, so the checkpoints cover this batch.
+            producer.poll(0)
+            for partition, state in self._states.items():
+                checkpoint = Checkpoint(
+                    self._names.scheduler_state,
+                    self._changelog_end[partition],
+                    self._rules_version,
+                    now,
+                )
+                state.commit(writes[partition], checkpoint)
         except KafkaException as exc:
             error = exc.args[0]
             if not error.txn_requires_abort():
@@ -267,9 +303,8 @@ class SchedulerProcessor:
     def _rewind(self, consumer: Consumer) -> None:
         """After an abort, state and positions go back to the last committed batch."""
         self._offsets.clear()
-        partitions = sorted(self._states)
-        self._states = {p: self._restore(p) for p in partitions}
-        self._pump_all = True
+        for state in self._states.values():
+            state.discard()
         committed = consumer.committed(consumer.assignment(), timeout=30)
         for tp in committed:
             consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
@@ -280,17 +315,27 @@ class SchedulerProcessor:
         for p in sorted({tp.partition for tp in partitions}):
             if p not in self._states:
                 self._states[p] = self._restore(p)
-        self._pump_all = True
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in {tp.partition for tp in partitions}:
             self._states.pop(p, None)
+            self._changelog_end.pop(p, None)
         self._offsets = {k: v for k, v in self._offsets.items() if k[1] in self._states}
 
     def _restore(self, partition: int) -> PartitionState:
-        return restore(
-            self._side_consumer_config(), self._names.scheduler_state, partition, self._codec
+        assert self._state_store is not None
+        state = restore(
+            self._state_store,
+            self._side_consumer_config(),
+            self._names.scheduler_state,
+            partition,
+            self._codec,
+            rules_version=self._rules_version,
+            now_ms=self._clock(),
         )
+        checkpoint = state.checkpoint()
+        self._changelog_end[partition] = 0 if checkpoint is None else checkpoint.offset
+        return state
 
     # -- events ----------------------------------------------------------------------
 
@@ -342,7 +387,7 @@ class SchedulerProcessor:
     def _on_resume(self, state: PartitionState, command: ResumeInvocation, now: int) -> None:
         # A command carries no partition key, so unlike a request it cannot be forwarded:
         # the sender must have put it on the invocation's partition.
-        if command.invocation_id not in state.invocations:
+        if state.invocation(command.invocation_id) is None:
             log.warning(
                 "resume of invocation %r ignored: partition %d does not hold it (it was "
                 "forgotten, or the command was sent with the wrong partition key)",
@@ -360,7 +405,7 @@ class SchedulerProcessor:
         now: int,
         source: Message | None = None,
     ) -> None:
-        invocation = state.invocations.get(invocation_id)
+        invocation = state.invocation(invocation_id)
         if isinstance(event, InvocationArrived):
             request = event.request
         elif invocation is not None:
@@ -453,36 +498,37 @@ class SchedulerProcessor:
 
     # -- output ----------------------------------------------------------------------
 
-    def _write_changes(self, producer: Producer, now: int) -> None:
+    def _write_changes(self, now: int) -> dict[int, list[ChangelogWrite]]:
         changelog = self._names.scheduler_state
-        for state in self._states.values():
-            invocations, queues = state.take_changes()
-            for invocation_id, invocation in invocations:
-                self._produce(
+        writes: dict[int, list[ChangelogWrite]] = {}
+        for partition, state in self._states.items():
+            writes[partition] = state.changelog_writes()
+            for write in writes[partition]:
+                self._send(
                     changelog,
-                    state.partition,
-                    INVOCATION_PREFIX + invocation_id,
-                    None if invocation is None else self._codec.encode_invocation_state(invocation),
+                    partition,
+                    write.key.encode(),
+                    write.value,
+                    None,
+                    on_delivery=self._changelog_delivered,
                 )
-            for queue_id, queue in queues:
+            for queue_id, queue in state.changed_queues():
                 key = str(queue_id)
-                if queue is None:
-                    self._produce(changelog, state.partition, QUEUE_PREFIX + key, None)
-                    self._produce(self._names.queue_state, state.partition, key, None)
-                    continue
-                self._produce(
-                    changelog,
-                    state.partition,
-                    QUEUE_PREFIX + key,
-                    self._codec.encode_queue_state(queue),
+                snapshot = (
+                    None
+                    if queue is None
+                    else self._codec.encode_queue_snapshot(
+                        QueueSnapshot(queue_id, queue.queued, queue.running, now)
+                    )
                 )
-                snapshot = QueueSnapshot(queue_id, queue.queued, queue.running, now)
-                self._produce(
-                    self._names.queue_state,
-                    state.partition,
-                    key,
-                    self._codec.encode_queue_snapshot(snapshot),
-                )
+                self._produce(self._names.queue_state, partition, key, snapshot)
+        return writes
+
+    def _changelog_delivered(self, error: KafkaError | None, message: Message) -> None:
+        partition, offset = message.partition(), message.offset()
+        if error is None and partition is not None and offset is not None:
+            end = self._changelog_end.get(partition, 0)
+            self._changelog_end[partition] = max(end, offset + 1)
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         log.warning(
@@ -511,12 +557,15 @@ class SchedulerProcessor:
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, str | bytes | None]] | None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
         producer = self._producer
         assert producer is not None
         while True:
             try:
-                producer.produce(topic, value, key, partition=partition, headers=headers)
+                producer.produce(
+                    topic, value, key, partition=partition, headers=headers, on_delivery=on_delivery
+                )
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports to make room.

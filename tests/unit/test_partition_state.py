@@ -1,0 +1,194 @@
+"""The scheduler's RocksDB-backed partition state, against a real RocksDB in a tmp dir."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.codec.records import WireCodec
+from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.model import InvocationRequest, QueueId, Target
+from pipeline.core.state import Invocation, VirtualQueue
+from pipeline.runtime.scheduler.partition_state import Checkpoint, PartitionState
+from pipeline.runtime.scheduler.state_store import StateStore
+
+CODEC = WireCodec()
+QUEUE = QueueId("acme", "user-1")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    store = StateStore(tmp_path, "group", "instance")
+    yield store
+    store.close()
+
+
+def pending(
+    invocation_id: str, *, priority: int = 5, seq: int = 0, scope: str = "acme"
+) -> Invocation:
+    request = InvocationRequest(
+        invocation_id,
+        Target("S", "h"),
+        b"",
+        0,
+        scope=scope,
+        limit_key="user-1",
+        priority=priority,
+    )
+    return Invocation(request, InvocationStatus.PENDING, queue_seq=seq)
+
+
+def commit(state: PartitionState) -> None:
+    state.commit(state.changelog_writes(), Checkpoint("changelog", 1, 0, 0))
+
+
+def test_a_batch_is_visible_at_once_and_durable_only_after_commit(store: StateStore) -> None:
+    state = PartitionState(store, 0, CODEC)
+    state.put_invocation(pending("a"))
+    assert state.invocation("a") == pending("a")
+    state.discard()
+    assert state.invocation("a") is None
+
+    state.put_invocation(pending("a"))
+    commit(state)
+    assert PartitionState(store, 0, CODEC).invocation("a") == pending("a")
+    assert PartitionState(store, 1, CODEC).invocation("a") is None
+
+
+def test_waiting_order_is_priority_then_fifo_across_committed_and_new(
+    store: StateStore,
+) -> None:
+    state = PartitionState(store, 0, CODEC)
+    state.put_invocation(pending("late-urgent", priority=1, seq=9))
+    state.put_invocation(pending("early", priority=5, seq=1))
+    commit(state)
+    state.put_invocation(pending("new-most-urgent", priority=0, seq=10))
+    assert state.waiting_head(QUEUE) == "new-most-urgent"
+    state.put_invocation(
+        state.invocation("new-most-urgent").evolve(status=InvocationStatus.RUNNING)
+    )  # type: ignore[union-attr]
+    assert state.waiting_head(QUEUE) == "late-urgent"
+    state.forget_invocation("late-urgent")
+    assert state.waiting_head(QUEUE) == "early"
+    commit(state)
+    assert PartitionState(store, 0, CODEC).waiting_head(QUEUE) == "early"
+
+
+def test_due_timers_fire_once_and_a_kept_wake_time_keeps_its_timer(store: StateStore) -> None:
+    state = PartitionState(store, 0, CODEC)
+    state.put_invocation(pending("a").evolve(wake_at_ms=100))
+    state.put_invocation(pending("b").evolve(wake_at_ms=200))
+    commit(state)
+    state.put_invocation(pending("c").evolve(wake_at_ms=150))
+    assert state.next_wake_ms() == 100
+    assert sorted(state.pop_due(150)) == ["a", "c"]
+    assert state.pop_due(150) == []
+    assert state.next_wake_ms() == 200
+    state.put_invocation(state.invocation("a"))  # type: ignore[arg-type]
+    assert state.pop_due(150) == ["a"]
+    commit(state)
+    assert PartitionState(store, 0, CODEC).pop_due(1_000) == ["b"]
+
+
+def test_a_full_pump_visits_every_queue_with_waiting_work(store: StateStore) -> None:
+    state = PartitionState(store, 0, CODEC)
+    for i in range(5):
+        state.put_queue(VirtualQueue(QueueId("s", f"k{i}"), queued=1), now_ms=0)
+    state.put_queue(VirtualQueue(QueueId("s", "running-only"), running=1), now_ms=0)
+    commit(state)
+    state = PartitionState(store, 0, CODEC)
+    assert state.full_pump_needed
+    assert sorted(str(q) for q in state.queues_to_pump(0)) == [f"s/k{i}" for i in range(5)]
+    assert list(state.queues_to_pump(0)) == []
+
+
+def test_an_idle_queue_leaves_no_row(store: StateStore) -> None:
+    state = PartitionState(store, 0, CODEC)
+    state.put_queue(VirtualQueue(QUEUE, queued=1), now_ms=0)
+    commit(state)
+    state.put_queue(VirtualQueue(QUEUE), now_ms=0)
+    commit(state)
+    assert PartitionState(store, 0, CODEC).queue_or_none(QUEUE) is None
+    rows = list(store.db.keys())
+    assert [k for k in rows if bytes(k)[2:3] == b"q"] == []
+
+
+OPERATION = st.one_of(
+    st.tuples(st.just("enqueue"), st.integers(0, 9), st.integers(0, 9)),
+    st.tuples(st.just("start"), st.integers(0, 9)),
+    st.tuples(st.just("forget"), st.integers(0, 9)),
+    st.tuples(st.just("timer"), st.integers(0, 9), st.integers(0, 50)),
+    st.tuples(st.just("fire"), st.integers(0, 60)),
+    st.tuples(st.just("commit")),
+    st.tuples(st.just("discard")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(OPERATION, max_size=60))
+def test_derived_rows_stay_in_step_with_the_invocations(
+    tmp_path_factory: pytest.TempPathFactory, operations: list[tuple[object, ...]]
+) -> None:
+    """Waiting order and timers read from RocksDB plus the batch agree with a plain
+    model of the invocations, whatever mix of writes, commits and aborts came before."""
+    store = StateStore(tmp_path_factory.mktemp("prop"), "group", "instance")
+    try:
+        state = PartitionState(store, 3, CODEC)
+        committed: dict[str, Invocation] = {}
+        batch: dict[str, Invocation | None] = {}
+        seq = 0
+
+        def current() -> dict[str, Invocation]:
+            merged = {**committed, **batch}
+            return {k: v for k, v in merged.items() if v is not None}
+
+        for op in operations:
+            model = current()
+            match op:
+                case ("enqueue", n, priority):
+                    seq += 1
+                    invocation = pending(f"i{n}", priority=int(str(priority)), seq=seq)
+                    state.put_invocation(invocation)
+                    batch[invocation.id] = invocation
+                case ("start", n) if f"i{n}" in model:
+                    started = model[f"i{n}"].evolve(status=InvocationStatus.RUNNING)
+                    state.put_invocation(started)
+                    batch[started.id] = started
+                case ("forget", n) if f"i{n}" in model:
+                    state.forget_invocation(f"i{n}")
+                    batch[f"i{n}"] = None
+                case ("timer", n, at) if f"i{n}" in model:
+                    timed = model[f"i{n}"].evolve(wake_at_ms=at)
+                    state.put_invocation(timed)
+                    batch[timed.id] = timed
+                case ("fire", now):
+                    due = sorted(state.pop_due(int(str(now))))
+                    expected = sorted(
+                        k
+                        for k, v in model.items()
+                        if v.wake_at_ms is not None and v.wake_at_ms <= int(str(now))
+                    )
+                    assert due == expected
+                    for k in due:
+                        # As the scheduler does: a fired timer moves on (here: goes away).
+                        moved = model[k].evolve(wake_at_ms=None)
+                        state.put_invocation(moved)
+                        batch[k] = moved
+                case ("commit",):
+                    commit(state)
+                    committed = current()
+                    batch = {}
+                case ("discard",):
+                    state.discard()
+                    batch = {}
+            waiting = [v for v in current().values() if v.status is InvocationStatus.PENDING]
+            head = min(waiting, key=lambda v: (v.request.priority, v.queue_seq), default=None)
+            assert state.waiting_head(QUEUE) == (None if head is None else head.id)
+            wakes = [v.wake_at_ms for v in current().values() if v.wake_at_ms is not None]
+            assert state.next_wake_ms() == (min(wakes) if wakes else None)
+    finally:
+        store.close()
