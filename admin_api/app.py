@@ -223,7 +223,12 @@ def _waiting(
         return None
     queue = next((q for q in invocations.queues() if q.id == invocation.queue_id), None)
     return waiting_report(
-        invocation, invocations.invocations(), queue, limits.ruleset().rules, clock()
+        invocation,
+        invocations.invocations(),
+        queue,
+        limits.ruleset().rules,
+        clock(),
+        invocations.scope_load(invocation.queue_id.scope),
     )
 
 
@@ -263,7 +268,9 @@ def _queue_routes(
         wanted = None if scope is None else parse_scope(scope)
         queues = [q for q in invocations.queues() if wanted is None or q.id.scope == wanted]
         queues.sort(key=lambda q: (q.id.scope, q.id.limit_key))
-        return queue_list_response([queue_report(q, rules, now) for q in queues])
+        return queue_list_response(
+            [queue_report(q, rules, now, invocations.scope_load(q.id.scope)) for q in queues]
+        )
 
     @router.get(
         "/{scope}/{limit_key:path}",
@@ -293,7 +300,10 @@ def _queue_routes(
         queue = next((q for q in invocations.queues() if q.id == queue_id), None)
         if queue is None:
             raise NotFoundError(_idle_queue_message(queue_id))
-        return queue_response(queue_report(queue, limits.ruleset().rules, clock()))
+        report = queue_report(
+            queue, limits.ruleset().rules, clock(), invocations.scope_load(queue_id.scope)
+        )
+        return queue_response(report)
 
     return router
 

@@ -80,6 +80,11 @@ class WaitingModel(_Response):
         "paused_until; null when the head may start now (then it waits only for `ahead`)."
     )
     blocker_rule_id: str | None = Field(description="The limit rule that blocks, if one does.")
+    blocker_level: str | None = Field(
+        default=None,
+        description="Whose budget blocks: `queue` (the queue's own rule) or `scope` (the "
+        "shared budget of its scope, a rule on the bare scope).",
+    )
     blocked_until: datetime | None = Field(
         description="For rate and paused_until: when that blocker clears."
     )
@@ -164,6 +169,16 @@ class QueueRuleModel(_Response):
     max_queued: int | None
 
 
+class ScopeBudgetModel(_Response):
+    rule_id: str = Field(description="The rule on the bare scope: one budget for all its queues.")
+    concurrency: int | None
+    rate: float | None
+    burst: int
+    paused: bool
+    running: int = Field(description="Running in all queues of the scope.")
+    queued: int = Field(description="Waiting in all queues of the scope.")
+
+
 class QueueResponse(_Response):
     queue_id: str = Field(description="`scope/limitKey`; `/Service` for a default queue.")
     scope: str | None = Field(description="Null for a service's default queue.")
@@ -174,6 +189,14 @@ class QueueResponse(_Response):
     head_blocker: str | None = Field(
         description="What holds the head back: concurrency, rate, paused or paused_until; "
         "null when nothing is queued or the head may start now."
+    )
+    head_blocker_level: str | None = Field(
+        default=None,
+        description="Whose budget blocks the head: `queue` (the rule above) or `scope` "
+        "(scope_budget).",
+    )
+    scope_budget: ScopeBudgetModel | None = Field(
+        default=None, description="The shared budget of the queue's scope; null: none."
     )
     blocked_until: datetime | None = Field(
         description="For rate and paused_until: when that blocker clears."
@@ -335,9 +358,28 @@ def queue_response(report: QueueReport) -> QueueResponse:
         running=report.running,
         queued=report.queued,
         head_blocker=None if report.head_blocker is None else report.head_blocker.value,
+        head_blocker_level=(
+            None if report.head_blocker_level is None else report.head_blocker_level.value
+        ),
+        scope_budget=_scope_budget(report),
         blocked_until=_optional_instant(report.blocked_until_ms),
         next_eligible=_optional_instant(report.next_eligible_ms),
         explanation=explain(report),
+    )
+
+
+def _scope_budget(report: QueueReport) -> ScopeBudgetModel | None:
+    budget = report.scope_budget
+    if budget is None:
+        return None
+    return ScopeBudgetModel(
+        rule_id=budget.rule_id,
+        concurrency=budget.concurrency,
+        rate=budget.rate_per_s,
+        burst=budget.burst,
+        paused=budget.paused,
+        running=budget.running,
+        queued=budget.queued,
     )
 
 
@@ -349,6 +391,7 @@ def _waiting(report: WaitingReport) -> WaitingModel:
         ahead=report.ahead,
         blocker=None if report.blocker is None else report.blocker.value,
         blocker_rule_id=report.rule_id,
+        blocker_level=None if report.level is None else report.level.value,
         blocked_until=_optional_instant(report.blocked_until_ms),
     )
 

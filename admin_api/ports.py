@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.limits import RuleSet
 from pipeline.core.model import ServiceDefinition
 from pipeline.core.state import Invocation, VirtualQueue
@@ -27,6 +28,10 @@ class InvocationReader(Protocol):
 
     def queues(self) -> list[VirtualQueue]:
         """Every queue with something queued, running or a rate debt; idle ones are gone."""
+        ...
+
+    def scope_load(self, scope: str) -> ScopeLoad | None:
+        """The totals and budget state of a scope; None when the scope is idle."""
         ...
 
 

@@ -7,7 +7,9 @@ Issue 3's target is 1,000,000 queues with one waiting invocation each: scheduler
 `q{i}` of 1,000 scopes) under a `*` rule with `paused: true`, so that every one waits;
 measures the scheduler's RSS once it has read them all; kills it -9; restarts it; and
 measures the time until it answers again (a probe invocation in an unpaused scope gets
-its result), which includes restoring every partition from the changelog.
+its result). Local RocksDB state survives the kill, so that restore reads only the
+changelog's tail. Then it does the same once more with the local state deleted, as on
+a new machine, where every partition is restored from the whole changelog.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.harness import broker, fresh_settings, start_process
 from pipeline.client import Client
@@ -51,7 +56,12 @@ def wait_until_consumed(settings: Settings, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            committed = consumer.committed(partitions, timeout=10)
+            try:
+                committed = consumer.committed(partitions, timeout=10)
+            except KafkaException as exc:  # e.g. the group coordinator is still loading
+                print(f"retrying: {exc}", file=sys.stderr)
+                time.sleep(1)
+                continue
             ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
             if all(c.offset >= e for c, e in zip(committed, ends, strict=True)):
                 return
@@ -74,7 +84,7 @@ def main() -> None:
         asyncio.run(Worker(settings, [service]).register_services())
         rules = [
             LimitRule("hold-all", RulePattern.parse("*"), paused=True),
-            LimitRule("probe", RulePattern.parse("probe")),
+            LimitRule("probe", RulePattern.parse("probe/*")),
         ]
         writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
         writer.write(put(RuleSet(), rules, expected_version=0))
@@ -105,6 +115,23 @@ def main() -> None:
                 client.call("Bench/noop", 1, scope="probe", timeout_s=600)
                 report["recovery_seconds"] = round(time.perf_counter() - restarted, 1)
                 report["scheduler_rss_after_recovery_mb"] = round(rss_mb(scheduler.pid), 1)
+
+                # A new machine: no local RocksDB, so the whole changelog is read again.
+                scheduler.send_signal(signal.SIGKILL)
+                scheduler.wait()
+                shutil.rmtree(
+                    Path(os.environ["PIPELINE_STATE_DIR"])
+                    / "scheduler"
+                    / settings.topic_names.group("scheduler")
+                    / "queues-bench"
+                )
+                restarted = time.perf_counter()
+                scheduler = start_process(settings, "queues-bench", "scheduler")
+                client.call("Bench/noop", 2, scope="probe", timeout_s=1_800)
+                report["recovery_without_local_state_seconds"] = round(
+                    time.perf_counter() - restarted, 1
+                )
+                report["scheduler_rss_after_full_restore_mb"] = round(rss_mb(scheduler.pid), 1)
         finally:
             for process in (scheduler, worker):
                 process.terminate()

@@ -403,14 +403,17 @@ def _cmd_queues_list(args: argparse.Namespace) -> int:
     from pipeline.core.introspection import parse_scope, queue_report
     from pipeline.runtime.clock import wall_clock_ms
 
-    queues, ruleset = _read_queue_state(load_settings())
+    queues, ruleset, scopes = _read_queue_state(load_settings())
     wanted = None if args.scope is None else parse_scope(args.scope)
     chosen = sorted(
         (q for q in queues if wanted is None or q.id.scope == wanted),
         key=lambda q: (q.id.scope, q.id.limit_key),
     )
     now = wall_clock_ms()
-    listed = [queue_summary_to_json(queue_report(q, ruleset.rules, now)) for q in chosen]
+    listed = [
+        queue_summary_to_json(queue_report(q, ruleset.rules, now, scopes.get(q.id.scope)))
+        for q in chosen
+    ]
     print(json.dumps({"queues": listed}, indent=2))
     return 0
 
@@ -423,7 +426,7 @@ def _cmd_queues_show(args: argparse.Namespace) -> int:
 
     scope, _, limit_key = args.queue.partition("/")
     queue_id = parse_queue_address(scope, limit_key)
-    queues, ruleset = _read_queue_state(load_settings())
+    queues, ruleset, scopes = _read_queue_state(load_settings())
     queue = next((q for q in queues if q.id == queue_id), None)
     if queue is None:
         raise NotFoundError(
@@ -433,14 +436,18 @@ def _cmd_queues_show(args: argparse.Namespace) -> int:
         )
     print(
         json.dumps(
-            queue_report_to_json(queue_report(queue, ruleset.rules, wall_clock_ms())), indent=2
+            queue_report_to_json(
+                queue_report(queue, ruleset.rules, wall_clock_ms(), scopes.get(queue_id.scope))
+            ),
+            indent=2,
         )
     )
     return 0
 
 
-def _read_queue_state(settings: Settings) -> tuple[list[Any], Any]:
-    """The scheduler's queues and the rules in force, both read up to the end."""
+def _read_queue_state(settings: Settings) -> tuple[list[Any], Any, dict[str, Any]]:
+    """The scheduler's queues, the rules in force and the loads of the queues' scopes,
+    all read up to the end."""
     from pipeline.codec.records import WireCodec
     from pipeline.errors import RetryableError
     from pipeline.runtime.limit_rules import LimitRuleReader
@@ -457,7 +464,9 @@ def _read_queue_state(settings: Settings) -> tuple[list[Any], Any]:
                 f"the scheduler state ({view.topic}) was not read to its end within "
                 f"{_LIMITS_CATCH_UP_S:.0f}s: check the broker and retry"
             )
-        return view.queues(), reader.ruleset()
+        queues = view.queues()
+        scopes = {q.id.scope: view.scope_load(q.id.scope) for q in queues}
+        return queues, reader.ruleset(), scopes
     finally:
         view.stop()
         reader.close()

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar, assert_never
 
 from pipeline.codec import json_ingress
 from pipeline.codec.avro import HEADER_SIZE, MARKER, SchemaSet
+from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import (
@@ -51,6 +52,7 @@ SERVICE = "pipeline.v1.ServiceDefinition"
 LIMIT_RULES = "pipeline.v1.LimitRuleSet"
 INVOCATION_STATE = "pipeline.v1.InvocationState"
 QUEUE_STATE = "pipeline.v1.VirtualQueueState"
+SCOPE_LOAD = "pipeline.v1.ScopeLoadState"
 
 _ENTRY_APPENDED = "pipeline.v1.EntryAppended"
 _ATTEMPT_COMPLETED = "pipeline.v1.AttemptCompleted"
@@ -317,11 +319,27 @@ class WireCodec:
                 "next_seq": queue.next_seq,
                 "rate_tat_ms": queue.rate_tat_ms,
                 "paused_until_ms": queue.paused_until_ms,
+                "vfinish": queue.vfinish,
             },
         )
 
     def decode_queue_state(self, value: bytes) -> VirtualQueue:
         return self._decode(QUEUE_STATE, value, _queue_state_from_avro)
+
+    def encode_scope_load(self, load: ScopeLoad) -> bytes:
+        return self._encode(
+            SCOPE_LOAD,
+            {
+                "scope": load.scope,
+                "running": load.running,
+                "queued": load.queued,
+                "rate_tat_ms": load.rate_tat_ms,
+                "vclock": load.vclock,
+            },
+        )
+
+    def decode_scope_load(self, value: bytes) -> ScopeLoad:
+        return self._decode(SCOPE_LOAD, value, lambda record: ScopeLoad(**record))
 
 
 def _check_enums(schemas: SchemaSet) -> None:
@@ -628,4 +646,5 @@ def _queue_state_from_avro(record: Avro) -> VirtualQueue:
         next_seq=record["next_seq"],
         rate_tat_ms=record["rate_tat_ms"],
         paused_until_ms=record["paused_until_ms"],
+        vfinish=record["vfinish"],
     )

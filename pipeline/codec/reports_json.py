@@ -46,9 +46,28 @@ def queue_report_to_json(report: QueueReport) -> dict[str, Any]:
         "running": report.running,
         "queued": report.queued,
         "head_blocker": None if report.head_blocker is None else report.head_blocker.value,
+        "head_blocker_level": (
+            None if report.head_blocker_level is None else report.head_blocker_level.value
+        ),
+        "scope_budget": _scope_budget(report),
         "blocked_until": _instant(report.blocked_until_ms),
         "next_eligible": _instant(report.next_eligible_ms),
         "explanation": explain(report),
+    }
+
+
+def _scope_budget(report: QueueReport) -> dict[str, Any] | None:
+    budget = report.scope_budget
+    if budget is None:
+        return None
+    return {
+        "rule_id": budget.rule_id,
+        "concurrency": budget.concurrency,
+        "rate": budget.rate_per_s,
+        "burst": budget.burst,
+        "paused": budget.paused,
+        "running": budget.running,
+        "queued": budget.queued,
     }
 
 

@@ -10,6 +10,13 @@ from pipeline.core.limits import LimitRule, RateState, gcra_next_start_ms
 from pipeline.core.state import VirtualQueue
 
 
+class LimitLevel(StrEnum):
+    """Whose budget blocks: the queue's own rule, or its scope's shared budget."""
+
+    QUEUE = "queue"
+    SCOPE = "scope"
+
+
 class Blocker(StrEnum):
     PAUSED = "paused"
     PAUSED_UNTIL = "paused_until"
@@ -29,6 +36,7 @@ class Blocked:
     blocker: Blocker
     until_ms: int | None = None
     rule_id: str | None = None
+    level: LimitLevel = LimitLevel.QUEUE
 
 
 Admission = Admit | Blocked

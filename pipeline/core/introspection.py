@@ -6,7 +6,8 @@ the queue's head right now, so that what an operator reads is what the scheduler
 A queue's head is its pending invocation with the smallest (priority, queue_seq, id),
 the order the scheduler admits in. Only the head is checked against the limits; every
 other pending invocation waits for the ones ahead of it, so its blocker is the head's
-and `ahead` says how many go first.
+and `ahead` says how many go first. The head is checked against its scope's shared
+budget first, then against the queue's own rule; the blocker says which (`level`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pipeline.core.admission import Admit, Blocked, Blocker, admission
+from pipeline.core.admission import Admission, Admit, Blocked, Blocker, LimitLevel, admission
+from pipeline.core.fair_share import ScopeLoad, scope_admission
 from pipeline.core.lifecycle import InvocationStatus
-from pipeline.core.limits import LimitRule, governing_rule
+from pipeline.core.limits import LimitRule, governing_rule, scope_rule
 from pipeline.core.model import QueueId
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import ValidationError
@@ -28,6 +30,19 @@ is no valid scope, so it cannot be taken for a real one, and it needs no URL esc
 # These clear by themselves at a known instant; the others wait for a change (a start
 # ending, a rule being edited), so no instant can be promised for them.
 _TIMED_BLOCKERS = frozenset({Blocker.PAUSED_UNTIL, Blocker.RATE})
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeBudgetReport:
+    """The shared budget of a queue's scope (a rule on the bare scope) and its totals."""
+
+    rule_id: str
+    concurrency: int | None
+    rate_per_s: float | None
+    burst: int
+    paused: bool
+    running: int  # in all queues of the scope
+    queued: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +69,8 @@ class QueueReport:
     head_blocker: Blocker | None
     blocked_until_ms: int | None
     next_eligible_ms: int | None
+    head_blocker_level: LimitLevel | None = None
+    scope_budget: ScopeBudgetReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,18 +88,40 @@ class WaitingReport:
     blocker: Blocker | None
     blocked_until_ms: int | None
     rule_id: str | None = None  # the rule whose limit blocks, when a rule does
+    level: LimitLevel | None = None  # whose budget blocks: the queue's or its scope's
 
 
-def queue_report(queue: VirtualQueue, rules: Iterable[LimitRule], now_ms: int) -> QueueReport:
+def queue_report(
+    queue: VirtualQueue,
+    rules: Iterable[LimitRule],
+    now_ms: int,
+    scope: ScopeLoad | None = None,
+) -> QueueReport:
+    """`scope` is the load of the queue's scope; None: not read (taken as idle)."""
+    rules = tuple(rules)
     rule = governing_rule(rules, queue.id)
+    budget = scope_rule(rules, queue.id.scope)
+    load = scope if scope is not None else ScopeLoad(queue.id.scope)
     blocker: Blocker | None = None
+    level: LimitLevel | None = None
     blocked_until_ms: int | None = None
     next_eligible_ms: int | None = None
     if queue.queued > 0:
-        verdict = admission(queue, rule, now_ms)
+        verdict = _head_admission(queue, rule, budget, load, now_ms)
         if isinstance(verdict, Blocked):
-            blocker, blocked_until_ms = verdict.blocker, verdict.until_ms
-        next_eligible_ms = _next_eligible_ms(queue, rule, now_ms)
+            blocker, blocked_until_ms, level = verdict.blocker, verdict.until_ms, verdict.level
+        next_eligible_ms = _next_eligible_ms(queue, rule, budget, load, now_ms)
+    scope_budget = None
+    if budget is not None:
+        scope_budget = ScopeBudgetReport(
+            rule_id=budget.id,
+            concurrency=budget.concurrency,
+            rate_per_s=budget.rate_per_s,
+            burst=budget.burst,
+            paused=budget.paused,
+            running=load.running,
+            queued=load.queued,
+        )
     return QueueReport(
         queue_id=queue.id,
         rule_id=None if rule is None else rule.id,
@@ -97,7 +136,20 @@ def queue_report(queue: VirtualQueue, rules: Iterable[LimitRule], now_ms: int) -
         head_blocker=blocker,
         blocked_until_ms=blocked_until_ms,
         next_eligible_ms=next_eligible_ms,
+        head_blocker_level=level,
+        scope_budget=scope_budget,
     )
+
+
+def _head_admission(
+    queue: VirtualQueue,
+    rule: LimitRule | None,
+    budget: LimitRule | None,
+    load: ScopeLoad,
+    now_ms: int,
+) -> Admission:
+    verdict = scope_admission(load, budget, now_ms)
+    return verdict if isinstance(verdict, Blocked) else admission(queue, rule, now_ms)
 
 
 def waiting_report(
@@ -106,6 +158,7 @@ def waiting_report(
     queue: VirtualQueue | None,
     rules: Iterable[LimitRule],
     now_ms: int,
+    scope: ScopeLoad | None = None,
 ) -> WaitingReport:
     """Where `invocation` (pending) stands among the pending invocations of its queue.
 
@@ -130,7 +183,14 @@ def waiting_report(
         and order_key(other) < mine
     )
     state = queue if queue is not None else VirtualQueue(queue_id)
-    verdict = admission(state, governing_rule(rules, queue_id), now_ms)
+    rules = tuple(rules)
+    verdict = _head_admission(
+        state,
+        governing_rule(rules, queue_id),
+        scope_rule(rules, queue_id.scope),
+        scope if scope is not None else ScopeLoad(queue_id.scope),
+        now_ms,
+    )
     blocked = verdict if isinstance(verdict, Blocked) else None
     return WaitingReport(
         queue_id=queue_id,
@@ -139,6 +199,7 @@ def waiting_report(
         blocker=None if blocked is None else blocked.blocker,
         blocked_until_ms=None if blocked is None else blocked.until_ms,
         rule_id=None if blocked is None else blocked.rule_id,
+        level=None if blocked is None else blocked.level,
     )
 
 
@@ -146,8 +207,16 @@ def explain(report: QueueReport) -> str:
     """One sentence on what the queue's head waits for, naming the rule that limits it."""
     if report.queued == 0:
         return f"nothing waits; {report.running} running"
+    budget = report.scope_budget
+    if report.head_blocker_level is LimitLevel.SCOPE and budget is not None:
+        return _explain_scope(report.head_blocker, report.queue_id.scope, budget)
     rule = f"rule {report.rule_id!r} ({report.rule_pattern})"
     match report.head_blocker:
+        case None if budget is not None:
+            return (
+                f"the head may start now: the scheduler admits it on its next pass, taking "
+                f"turns by weight with the other queues of scope {report.queue_id.scope!r}"
+            )
         case None:
             return "the head may start now: the scheduler admits it on its next pass"
         case Blocker.CONCURRENCY:
@@ -167,6 +236,24 @@ def explain(report: QueueReport) -> str:
                 "a handler asked the queue to hold (RateLimited): nothing starts before "
                 "blocked_until"
             )
+
+
+def _explain_scope(blocker: Blocker | None, scope: str, budget: ScopeBudgetReport) -> str:
+    rule = f"rule {budget.rule_id!r}, the budget of scope {scope!r} as a whole"
+    match blocker:
+        case Blocker.CONCURRENCY:
+            return (
+                f"{budget.running} running in the whole scope, the concurrency limit of "
+                f"{rule} is {budget.concurrency}: the head starts when one ends and the "
+                "scope's queues take turns by weight"
+            )
+        case Blocker.RATE:
+            return (
+                f"the rate limit of {rule}, {budget.rate_per_s:g}/s with burst "
+                f"{budget.burst}, is spent: the head starts at next_eligible at the earliest"
+            )
+        case _:
+            return f"{rule} is paused: nothing in the scope starts until the rule is changed"
 
 
 def queue_address(queue_id: QueueId) -> str:
@@ -195,13 +282,19 @@ def order_key(invocation: Invocation) -> tuple[int, int, str]:
     return (invocation.request.priority, invocation.queue_seq, invocation.id)
 
 
-def _next_eligible_ms(queue: VirtualQueue, rule: LimitRule | None, now_ms: int) -> int | None:
+def _next_eligible_ms(
+    queue: VirtualQueue,
+    rule: LimitRule | None,
+    budget: LimitRule | None,
+    load: ScopeLoad,
+    now_ms: int,
+) -> int | None:
     # A timed blocker may hide another behind it (a pause ending while the rate is still
     # spent): look again at the instant it clears. Each timed blocker can show up only
     # once, since the next look is no earlier than it clears.
     at = now_ms
-    for _ in range(len(Blocker) + 1):
-        verdict = admission(queue, rule, at)
+    for _ in range(2 * len(Blocker) + 1):
+        verdict = _head_admission(queue, rule, budget, load, at)
         if isinstance(verdict, Admit):
             return at
         if verdict.blocker not in _TIMED_BLOCKERS or verdict.until_ms is None:

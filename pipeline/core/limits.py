@@ -1,17 +1,23 @@
-"""Limit rules and which one governs a virtual queue; GCRA for rate limits.
+"""Limit rules: which govern a virtual queue, which budget a scope; GCRA for rates.
 
-Exactly one rule governs a queue: the most specific pattern that matches it. A rule
-with a `*` is a template: it gives each queue it matches a budget of its own, never
-one budget shared by all of them.
+Two kinds of budget, checked together:
 
-| pattern        | matches the queue (scope, limit key)              | specificity |
+- **A queue's own rule**: the most specific pattern among those below that matches it.
+  Such a rule is a template: it gives each queue it matches a budget of its own, never
+  one budget shared by all of them. A `*` rule gives every queue the same limits.
+- **A scope's budget**: a rule whose pattern is a bare scope (`acme`) is one budget for
+  all of that scope's queues together (their total running, their total starts).
+  When the scope's queues compete for it, each queue's share of the starts follows the
+  `weight` of its own rule (`pipeline.core.fair_share`).
+
+| pattern        | the queue (scope, limit key) it governs           | specificity |
 |----------------|---------------------------------------------------|-------------|
 | `s/L1/L2`      | exactly (s, L1/L2)                                | 6           |
 | `s/L1/*`       | (s, L1/x) for any x                               | 5           |
 | `s/L1`         | (s, L1) and (s, L1/x)                             | 4           |
 | `s/*`          | (s, any limit key)                                | 3           |
-| `s`            | every queue of scope s                            | 2           |
 | `*`            | every queue                                       | 1           |
+| `s`            | none: the budget of scope s as a whole            | (2)         |
 
 Operators change rules at runtime as a whole `RuleSet`: `put` and `delete` each return
 the next version, so that a writer can say which version it read (optimistic
@@ -75,6 +81,10 @@ class RulePattern:
             return 4
         return 5 if self.l2 == "*" else 6
 
+    @property
+    def is_scope_budget(self) -> bool:
+        return self.scope is not None and self.l1 is None
+
     def matches(self, queue: QueueId) -> bool:
         if self.scope is None:
             return True
@@ -121,13 +131,20 @@ class LimitRule:
             raise ValidationError(f"rule {self.id!r}: weight {self.weight} must be >= 1")
         if self.max_queued is not None and self.max_queued < 0:
             raise ValidationError(f"rule {self.id!r}: max_queued {self.max_queued} must be >= 0")
+        if self.pattern.is_scope_budget and self.max_queued is not None:
+            raise ValidationError(
+                f"rule {self.id!r}: max_queued caps each queue's backlog, and pattern "
+                f"{self.pattern} is the scope's shared budget: put max_queued on "
+                f"{self.pattern}/* instead"
+            )
 
 
 def governing_rule(rules: Iterable[LimitRule], queue: QueueId) -> LimitRule | None:
-    """The most specific matching rule; among equals, the one with the smallest id."""
+    """The queue's own rule: the most specific matching template; among equals, the
+    one with the smallest id."""
     best: LimitRule | None = None
     for rule in rules:
-        if not rule.pattern.matches(queue):
+        if rule.pattern.is_scope_budget or not rule.pattern.matches(queue):
             continue
         if (
             best is None
@@ -136,6 +153,14 @@ def governing_rule(rules: Iterable[LimitRule], queue: QueueId) -> LimitRule | No
         ):
             best = rule
     return best
+
+
+def scope_rule(rules: Iterable[LimitRule], scope: str) -> LimitRule | None:
+    """The budget of `scope` as a whole; among several, the one with the smallest id."""
+    if not scope:
+        return None
+    budgets = [r for r in rules if r.pattern.is_scope_budget and r.pattern.scope == scope]
+    return min(budgets, key=lambda rule: rule.id, default=None)
 
 
 @dataclass(frozen=True, slots=True)

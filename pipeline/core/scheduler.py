@@ -116,6 +116,9 @@ class DecisionContext:
     jitter: float  # drawn by the shell in [0, 1), for retry backoff
     retention_ms: int = 24 * 3600 * 1000  # how long a finished invocation is remembered
     rule: LimitRule | None = None  # the rule governing the invocation's queue
+    # False when the queue's scope has a shared budget: then only the shell's pump
+    # starts work, since it alone sees every queue competing for that budget.
+    direct_start: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +204,11 @@ def _enqueue_and_start(pending: Invocation, queue: VirtualQueue, ctx: DecisionCo
     pending = pending.evolve(queue_seq=queue.next_seq)
     # Nobody waits ahead and the limits allow a start: run at once. Otherwise it waits
     # for the shell to admit the queue's head (`Admitted`) in priority and FIFO order.
-    if queue.queued == 0 and isinstance(admission(queue, ctx.rule, ctx.now_ms), Admit):
+    if (
+        ctx.direct_start
+        and queue.queued == 0
+        and isinstance(admission(queue, ctx.rule, ctx.now_ms), Admit)
+    ):
         return _start(pending, queued, ctx)
     return Decision(pending, queued)
 

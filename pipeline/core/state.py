@@ -47,7 +47,8 @@ class Invocation:
 class VirtualQueue:
     """Counts of one virtual queue; `next_seq` orders entries FIFO within a priority.
 
-    `rate_tat_ms` is the GCRA state of the queue's rate limit. A queue with nothing
+    `rate_tat_ms` is the GCRA state of the queue's rate limit; `vfinish` its fair-share
+    finish tag within its scope (`pipeline.core.fair_share`). A queue with nothing
     queued or running and no rate debt left is dropped from state, so idle queues cost
     nothing.
     """
@@ -58,6 +59,7 @@ class VirtualQueue:
     next_seq: int = 0
     rate_tat_ms: float = 0.0
     paused_until_ms: int | None = None
+    vfinish: float = 0.0
 
     def is_idle_at(self, now_ms: int) -> bool:
         return (

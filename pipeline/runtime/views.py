@@ -27,12 +27,17 @@ from confluent_kafka import (
 )
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.limits import RuleSet
 from pipeline.core.model import ServiceDefinition
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import DecodeError, NotFoundError, RetryableError
 from pipeline.runtime.limit_rules import decode_record, newest
-from pipeline.runtime.scheduler.partition_state import INVOCATION_PREFIX, QUEUE_PREFIX
+from pipeline.runtime.scheduler.partition_state import (
+    INVOCATION_PREFIX,
+    QUEUE_PREFIX,
+    SCOPE_PREFIX,
+)
 from topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -240,6 +245,11 @@ class SchedulerStateView(_CompactedTopicView):
         self._codec = codec
         self._invocations: dict[str, Invocation] = {}
         self._queues: dict[str, VirtualQueue] = {}
+        self._scopes: dict[str, ScopeLoad] = {}
+
+    def scope_load(self, scope: str) -> ScopeLoad | None:
+        with self._lock:
+            return self._scopes.get(scope)
 
     def invocation(self, invocation_id: str) -> Invocation | None:
         with self._lock:
@@ -264,8 +274,11 @@ class SchedulerStateView(_CompactedTopicView):
             queue_id = key.removeprefix(QUEUE_PREFIX)
             queue = None if value is None else self._codec.decode_queue_state(value)
             _put(self._lock, self._queues, queue_id, queue)
+        elif key.startswith(SCOPE_PREFIX):
+            load = None if value is None else self._codec.decode_scope_load(value)
+            _put(self._lock, self._scopes, key.removeprefix(SCOPE_PREFIX), load)
         else:
-            raise DecodeError(f"key {key!r} is neither i/<invocation id> nor q/<queue id>")
+            raise DecodeError(f"key {key!r} is none of i/<invocation id>, q/<queue id>, s/<scope>")
 
 
 class ServiceCatalogView(_CompactedTopicView):

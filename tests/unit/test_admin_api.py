@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from admin_api import create_app
+from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import (
     EntryKind,
@@ -46,6 +47,13 @@ class InvocationTable:
 
     def queues(self) -> list[VirtualQueue]:
         return [self._queues[key] for key in sorted(self._queues)]
+
+    def scope_load(self, scope: str) -> ScopeLoad | None:
+        load = ScopeLoad(scope)
+        for queue in self._queues.values():
+            if queue.id.scope == scope:
+                load = load.counted(None, queue)
+        return None if load == ScopeLoad(scope) else load
 
 
 class ServiceTable:

@@ -114,6 +114,7 @@ def test_put_at_another_version_is_409_naming_both_and_writes_nothing() -> None:
         ({"id": "a", "pattern": "*", "concurrency": -1}, "concurrency -1 must be >= 0"),
         ({"id": "a", "pattern": "*", "rate": 0}, "rate 0.0/s must be > 0"),
         ({"id": "a", "pattern": "*", "burst": 0}, "burst 0 must be >= 1"),
+        ({"id": "a", "pattern": "acme", "max_queued": 5}, "put max_queued on acme/* instead"),
     ],
 )
 def test_a_bad_pattern_or_value_is_422_with_the_core_message(

@@ -22,7 +22,7 @@ RULES = RuleSet(
     1,
     (
         LimitRule("acme", RulePattern.parse("acme/*"), concurrency=1, max_queued=50),
-        LimitRule("slow", RulePattern.parse("slow"), rate_per_s=2.0, burst=1),
+        LimitRule("slow", RulePattern.parse("slow/*"), rate_per_s=2.0, burst=1),
     ),
 )
 
@@ -164,8 +164,45 @@ def test_a_pending_invocation_shows_its_place_in_the_queue() -> None:
         "ahead": 1,
         "blocker": "concurrency",
         "blocker_rule_id": "acme",
+        "blocker_level": "queue",
         "blocked_until": None,
     }
+
+
+def test_a_queue_held_by_its_scope_budget_says_so() -> None:
+    rules = RuleSet(
+        1,
+        (
+            LimitRule("team", RulePattern.parse("team"), concurrency=2),
+            LimitRule("team-keys", RulePattern.parse("team/*"), concurrency=5),
+        ),
+    )
+    queues = (
+        VirtualQueue(QueueId("team", "a"), running=2),
+        VirtualQueue(QueueId("team", "b"), queued=3),
+    )
+    app = create_app(
+        settings(),
+        invocations=InvocationTable((), queues),
+        services=ServiceTable(),
+        commands=CommandLog(),
+        limits=memory_limit_rules(rules),
+        clock=lambda: NOW,
+    )
+    body = TestClient(app, headers=AUTH).get("/queues/team/b").json()
+
+    assert body["rule"]["id"] == "team-keys"
+    assert (body["head_blocker"], body["head_blocker_level"]) == ("concurrency", "scope")
+    assert body["scope_budget"] == {
+        "rule_id": "team",
+        "concurrency": 2,
+        "rate": None,
+        "burst": 1,
+        "paused": False,
+        "running": 2,
+        "queued": 3,
+    }
+    assert "2 running in the whole scope" in body["explanation"]
 
 
 def test_a_running_invocation_has_no_waiting() -> None:

@@ -13,11 +13,13 @@ from pipeline.core.limits import (
     gcra_next_start_ms,
     gcra_started,
     governing_rule,
+    scope_rule,
 )
 from pipeline.core.model import QueueId
 from pipeline.errors import ValidationError
 
 PATTERNS = ["*", "acme", "acme/*", "acme/team-7", "acme/team-7/*", "acme/team-7/user-42"]
+QUEUE_PATTERNS = [p for p in PATTERNS if p != "acme"]
 
 
 @pytest.mark.parametrize("text", PATTERNS)
@@ -43,18 +45,20 @@ def test_bad_patterns_name_the_pattern(text: str) -> None:
 )
 def test_the_most_specific_rule_governs(queue: QueueId, winner: str) -> None:
     rules = [
-        LimitRule(f"r{i}", RulePattern.parse(p), concurrency=i) for i, p in enumerate(PATTERNS)
+        LimitRule(f"r{i}", RulePattern.parse(p), concurrency=i)
+        for i, p in enumerate(QUEUE_PATTERNS)
     ]
     rule = governing_rule(rules, queue)
     assert rule is not None and str(rule.pattern) == winner
 
 
-def test_a_scope_rule_covers_the_scope_default_queue_but_scope_star_does_not() -> None:
-    scope_rule = LimitRule("s", RulePattern.parse("acme"))
-    star_rule = LimitRule("t", RulePattern.parse("acme/*"))
-    default_queue = QueueId("acme", "Greeter")
-    assert governing_rule([scope_rule], default_queue) is scope_rule
-    assert governing_rule([star_rule, scope_rule], default_queue) is star_rule
+def test_a_bare_scope_is_a_shared_budget_and_governs_no_queue_on_its_own() -> None:
+    budget = LimitRule("s", RulePattern.parse("acme"), concurrency=5)
+    star = LimitRule("t", RulePattern.parse("acme/*"))
+    queue = QueueId("acme", "Greeter")
+    assert governing_rule([budget], queue) is None
+    assert governing_rule([star, budget], queue) is star
+    assert scope_rule([star, budget], "acme") is budget
 
 
 @given(

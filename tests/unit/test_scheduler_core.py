@@ -111,6 +111,16 @@ def test_arrival_dispatches_attempt_one_with_a_lease() -> None:
     assert d.queues[str(TARGET_QUEUE)].running == 1
 
 
+def test_under_a_scope_budget_an_arrival_waits_for_the_pump() -> None:
+    queue = VirtualQueue(TARGET_QUEUE)
+    context = DecisionContext(50, Driver().handler, LEASE, 0.5, direct_start=False)
+    decision = decide(None, queue, InvocationArrived(request("a")), context)
+    assert decision.effects == ()
+    assert decision.invocation is not None
+    assert decision.invocation.status is InvocationStatus.PENDING
+    assert decision.queue is not None and decision.queue.queued == 1
+
+
 def test_completion_emits_one_result_and_frees_the_slot() -> None:
     d = Driver()
     d.arrive("a")

@@ -11,6 +11,7 @@ Row layout, every key after the partition's two-byte prefix:
     m                            checkpoint: next changelog offset, rules version, time
     i {id}                       invocation state (the changelog value)
     q {queue}                    queue state (the changelog value)
+    s {scope}                    scope load (the changelog value)
     w {queue} 0x00 {prio}{seq}   -> id: waiting order of a queue (derived)
     t {at_ms}{id}                invocation timers (derived)
     k {at_ms}{queue}             when a throttled queue may start again (derived)
@@ -26,13 +27,14 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from rocksdict import WriteBatch
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.fair_share import ScopeLoad, arrival_tag
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import QueueId
 from pipeline.core.state import Invocation, VirtualQueue
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 INVOCATION_PREFIX = "i/"
 QUEUE_PREFIX = "q/"
+SCOPE_PREFIX = "s/"
 
 # A compacted topic drops tombstones after `delete.retention.ms` (one day by default).
 # A checkpoint older than that may miss deletions, so it is thrown away instead.
@@ -74,9 +77,10 @@ class PartitionState:
         self._db = store.db
         self._codec = codec
         self._p = partition_prefix(partition)
-        self._cache: OrderedDict[bytes, Invocation | VirtualQueue] = OrderedDict()
+        self._cache: OrderedDict[bytes, Invocation | VirtualQueue | ScopeLoad] = OrderedDict()
         self._invocations: dict[str, Invocation | None] = {}
         self._queues: dict[QueueId, VirtualQueue | None] = {}
+        self._scopes: dict[str, ScopeLoad | None] = {}
         self._index: dict[bytes, bytes | None] = {}
         # Changelog values read while restoring, written to RocksDB as they are.
         self._raw: dict[str, bytes | None] = {}
@@ -110,6 +114,34 @@ class PartitionState:
             return self._queues[queue_id]
         return self._committed(self._queue_key(queue_id), self._codec.decode_queue_state)
 
+    def scope_load(self, scope: str) -> ScopeLoad:
+        if scope in self._scopes:
+            return self._scopes[scope] or ScopeLoad(scope)
+        stored = self._committed(self._p + b"s" + scope.encode(), self._codec.decode_scope_load)
+        return stored or ScopeLoad(scope)
+
+    def queues_of_scope(self, scope: str) -> list[VirtualQueue]:
+        """The queues of `scope` with work waiting."""
+        found = {q.id: q for q in self._stored_rows(self._p + b"q" + scope.encode() + b"/")}
+        found.update((q, v) for q, v in self._queues.items() if q.scope == scope and v)
+        return [
+            queue
+            for queue_id in found
+            if (queue := self.queue_or_none(queue_id)) is not None and queue.queued
+        ]
+
+    def _stored_rows(self, prefix: bytes) -> Iterator[VirtualQueue]:
+        iterator = self._db.iter()
+        iterator.seek(prefix)
+        while iterator.valid():
+            key: bytes = iterator.key()
+            if not key.startswith(prefix):
+                return
+            queue = self._committed(key, self._codec.decode_queue_state)
+            if queue is not None:
+                yield queue
+            iterator.next()
+
     def _committed(self, key: bytes, decode: Callable[[bytes], _T]) -> _T | None:
         cached = self._cache.get(key)
         if cached is not None:
@@ -122,7 +154,7 @@ class PartitionState:
         self._remember(key, value)  # type: ignore[arg-type]
         return value
 
-    def _remember(self, key: bytes, value: Invocation | VirtualQueue) -> None:
+    def _remember(self, key: bytes, value: Invocation | VirtualQueue | ScopeLoad) -> None:
         self._cache[key] = value
         self._cache.move_to_end(key)
         if len(self._cache) > _CACHE_ROWS:
@@ -190,8 +222,18 @@ class PartitionState:
         self._invocations[invocation_id] = None
 
     def put_queue(self, queue: VirtualQueue, now_ms: int) -> None:
-        self._queues[queue.id] = None if queue.is_idle_at(now_ms) else queue
+        stored = None if queue.is_idle_at(now_ms) else queue
+        if queue.id.scope:
+            before = self.queue_or_none(queue.id)
+            load = self.scope_load(queue.id.scope)
+            if before is None and stored is not None:
+                stored = replace(stored, vfinish=arrival_tag(load))
+            self.put_scope(load.counted(before, stored), now_ms)
+        self._queues[queue.id] = stored
         self._touched_queues.add(queue.id)
+
+    def put_scope(self, load: ScopeLoad, now_ms: int) -> None:
+        self._scopes[load.scope] = None if load.is_idle_at(now_ms) else load
 
     def _reindex(self, old: Invocation | None, new: Invocation | None) -> None:
         old_waiting, new_waiting = self._waiting_key(old), self._waiting_key(new)
@@ -376,6 +418,14 @@ class PartitionState:
             else:
                 encoded = None if queue is None else self._codec.encode_queue_state(queue)
                 writes.append(ChangelogWrite(key, encoded))
+        # After the queues: replayed in order, a scope's counts end as written here.
+        for scope, load in self._scopes.items():
+            key = SCOPE_PREFIX + scope
+            if key in self._raw:
+                writes.append(ChangelogWrite(key, self._raw[key]))
+            else:
+                encoded = None if load is None else self._codec.encode_scope_load(load)
+                writes.append(ChangelogWrite(key, encoded))
         return writes
 
     def changed_queues(self) -> list[tuple[QueueId, VirtualQueue | None]]:
@@ -406,6 +456,9 @@ class PartitionState:
         for queue_id, queue in self._queues.items():
             if queue is not None:
                 self._remember(self._queue_key(queue_id), queue)
+        for scope, load in self._scopes.items():
+            if load is not None:
+                self._remember(self._p + b"s" + scope.encode(), load)
         self._clear_batch()
 
     def discard(self) -> None:
@@ -419,6 +472,7 @@ class PartitionState:
     def _clear_batch(self) -> None:
         self._invocations.clear()
         self._queues.clear()
+        self._scopes.clear()
         self._index.clear()
         self._raw.clear()
         self._created.clear()
@@ -427,9 +481,8 @@ class PartitionState:
         self._new_wakes.clear()
 
     def _row_key(self, changelog_key: str) -> bytes:
-        if changelog_key.startswith(INVOCATION_PREFIX):
-            return self._p + b"i" + changelog_key[len(INVOCATION_PREFIX) :].encode()
-        return self._p + b"q" + changelog_key[len(QUEUE_PREFIX) :].encode()
+        # The changelog's "i/", "q/" and "s/" become the one-byte tags i, q and s.
+        return self._p + changelog_key[0].encode() + changelog_key[2:].encode()
 
     # -- checkpoint ------------------------------------------------------------------
 
@@ -460,6 +513,10 @@ class PartitionState:
             self._raw[text] = value
             if not self.full_pump_needed:
                 self._touched_queues.add(queue_id)
+        elif text.startswith(SCOPE_PREFIX):
+            scope = text[len(SCOPE_PREFIX) :]
+            self._scopes[scope] = None if value is None else self._codec.decode_scope_load(value)
+            self._raw[text] = value
         else:
             log.warning("skipping changelog record with unknown key %r", text)
 

@@ -26,6 +26,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from confluent_kafka import (
     Consumer,
@@ -38,8 +39,10 @@ from confluent_kafka import (
 
 from pipeline.codec.records import WireCodec
 from pipeline.core.admission import Blocked, admission
-from pipeline.core.limits import LimitRule, RuleSet, governing_rule
+from pipeline.core.fair_share import Contender, next_to_start, scope_admission, started
+from pipeline.core.limits import LimitRule, RuleSet, governing_rule, scope_rule
 from pipeline.core.model import (
+    DEFAULT_PRIORITY,
     HandlerDefinition,
     QueueId,
     QueueSnapshot,
@@ -64,6 +67,7 @@ from pipeline.core.scheduler import (
     TimerDue,
     decide,
 )
+from pipeline.core.state import VirtualQueue
 from pipeline.errors import DecodeError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.limit_rules import LimitRuleReader
@@ -107,6 +111,7 @@ class SchedulerProcessor:
         self._rules: tuple[LimitRule, ...] = ()
         self._rules_version = 0
         self._rule_cache: dict[QueueId, LimitRule | None] = {}
+        self._scope_rules: dict[str, LimitRule | None] = {}
         self._state_store: StateStore | None = None
         # Per partition, the offset after its last changelog record Kafka acknowledged:
         # the checkpoint stored with each batch.
@@ -230,9 +235,19 @@ class SchedulerProcessor:
         self._rules = ruleset.rules
         self._rules_version = ruleset.version
         self._rule_cache.clear()
+        self._scope_rules.clear()
         # A raised limit or an unpause wakes parked work at once.
         for state in self._states.values():
             state.full_pump_needed = True
+
+    def _scope_rule_for(self, scope: str) -> LimitRule | None:
+        try:
+            return self._scope_rules[scope]
+        except KeyError:
+            if len(self._scope_rules) >= _RULE_CACHE_SIZE:
+                self._scope_rules.clear()
+            rule = self._scope_rules[scope] = scope_rule(self._rules, scope)
+            return rule
 
     def _rule_for(self, queue_id: QueueId) -> LimitRule | None:
         try:
@@ -245,19 +260,74 @@ class SchedulerProcessor:
 
     def _pump(self, state: PartitionState, now: int) -> None:
         """Start the heads of waiting queues, in priority and FIFO order, within limits."""
+        pumped_scopes: set[str] = set()
         for queue_id in state.queues_to_pump(now):
-            rule = self._rule_for(queue_id)
-            while (queue := state.queue_or_none(queue_id)) is not None and queue.queued > 0:
-                verdict = admission(queue, rule, now)
-                if isinstance(verdict, Blocked):
-                    if verdict.until_ms is not None:
-                        state.wake_queue_at(queue_id, verdict.until_ms)
-                    break
-                head = state.waiting_head(queue_id)
-                if head is None:
-                    log.error("queue %s counts %d waiting but has none", queue_id, queue.queued)
-                    break
-                self._apply(state, head, Admitted(head), now)
+            budget = self._scope_rule_for(queue_id.scope)
+            if budget is None:
+                self._pump_queue(state, queue_id, now)
+            elif queue_id.scope not in pumped_scopes:
+                pumped_scopes.add(queue_id.scope)
+                self._pump_scope(state, queue_id.scope, budget, now)
+
+    def _pump_queue(self, state: PartitionState, queue_id: QueueId, now: int) -> None:
+        rule = self._rule_for(queue_id)
+        while (queue := state.queue_or_none(queue_id)) is not None and queue.queued > 0:
+            verdict = admission(queue, rule, now)
+            if isinstance(verdict, Blocked):
+                if verdict.until_ms is not None:
+                    state.wake_queue_at(queue_id, verdict.until_ms)
+                return
+            if not self._admit_head(state, queue_id, now):
+                return
+
+    def _pump_scope(self, state: PartitionState, scope: str, budget: LimitRule, now: int) -> None:
+        """Start heads of the scope's queues while its budget allows, in fair-share order."""
+        contenders = {
+            queue.id: self._contender(state, queue) for queue in state.queues_of_scope(scope)
+        }
+        while contenders:
+            load = state.scope_load(scope)
+            verdict = scope_admission(load, budget, now)
+            if isinstance(verdict, Blocked):
+                if verdict.until_ms is not None:
+                    state.wake_queue_at(next(iter(contenders)), verdict.until_ms)
+                return
+            chosen = next_to_start(load, list(contenders.values()), now)
+            if chosen is None:
+                for contender in contenders.values():
+                    queue_verdict = admission(contender.queue, contender.rule, now)
+                    if isinstance(queue_verdict, Blocked) and queue_verdict.until_ms is not None:
+                        state.wake_queue_at(contender.queue.id, queue_verdict.until_ms)
+                return
+            load, vfinish = started(load, chosen, list(contenders.values()), budget, now)
+            queue_id = chosen.queue.id
+            if not self._admit_head(state, queue_id, now):
+                return
+            state.put_queue(replace(state.queue(queue_id), vfinish=vfinish), now)
+            state.put_scope(
+                replace(state.scope_load(scope), vclock=load.vclock, rate_tat_ms=load.rate_tat_ms),
+                now,
+            )
+            queue = state.queue_or_none(queue_id)
+            if queue is None or queue.queued == 0:
+                del contenders[queue_id]
+            else:
+                contenders[queue_id] = self._contender(state, queue)
+
+    def _contender(self, state: PartitionState, queue: VirtualQueue) -> Contender:
+        head = state.waiting_head(queue.id)
+        invocation = None if head is None else state.invocation(head)
+        priority = invocation.request.priority if invocation is not None else DEFAULT_PRIORITY
+        return Contender(queue, self._rule_for(queue.id), priority)
+
+    def _admit_head(self, state: PartitionState, queue_id: QueueId, now: int) -> bool:
+        head = state.waiting_head(queue_id)
+        if head is None:
+            queue = state.queue(queue_id)
+            log.error("queue %s counts %d waiting but has none", queue_id, queue.queued)
+            return False
+        self._apply(state, head, Admitted(head), now)
+        return True
 
     def _process(
         self, consumer: Consumer, producer: Producer, batch: list[Message], now: int
@@ -422,6 +492,7 @@ class SchedulerProcessor:
             self._rng.random(),
             retention_ms=self._settings.retention_ms,
             rule=self._rule_for(request.queue_id),
+            direct_start=self._scope_rule_for(request.queue_id.scope) is None,
         )
         decision = decide(invocation, queue, event, context)
         self._store(state, invocation_id, decision, now)
