@@ -218,26 +218,38 @@ class LimitRuleModel(_Response):
 
     id: str = Field(min_length=1, max_length=256, description="Name of the rule, unique.")
     pattern: str = Field(
-        description="Which queues the rule governs: `*`, `scope`, `scope/*`, `scope/L1`, "
-        "`scope/L1/*` or `scope/L1/L2`. The most specific matching pattern governs a queue.",
+        description="`*`, `scope/*`, `scope/L1`, `scope/L1/*` or `scope/L1/L2`: a queue's "
+        "own rule, applied to each matching queue on its own; the most specific matching "
+        "pattern governs a queue. A bare `scope`: one budget shared by all the scope's "
+        "queues (their total running and starts), on top of each queue's own rule.",
         examples=["acme/*"],
     )
     concurrency: int | None = Field(
-        default=None, description="Running attempts at once per queue (>= 0); null: no limit."
+        default=None,
+        description="Running attempts at once per queue, or in the whole scope for a bare "
+        "`scope` pattern (>= 0); null: no limit.",
     )
     rate: float | None = Field(
-        default=None, description="Starts per second per queue (> 0); excess waits, never dropped."
+        default=None,
+        description="Starts per second per queue, or in the whole scope for a bare `scope` "
+        "pattern (> 0); excess waits, never dropped.",
     )
     burst: int = Field(default=1, description="Starts that may come at once under `rate` (>= 1).")
     weight: int = Field(
-        default=1, description="Fair share among the limit keys of a scope that compete (>= 1)."
+        default=1,
+        description="On a queue's own rule: its share of the scope's budget when the "
+        "scope's queues compete for it (>= 1); a queue with weight 4 starts four times as "
+        "often as one with weight 1 while both wait.",
     )
     max_queued: int | None = Field(
         default=None,
-        description="Backlog cap per queue (>= 0): a request over it fails at once; null: none.",
+        description="Backlog cap per queue (>= 0): a request over it fails at once; null: "
+        "none. Not allowed on a bare `scope` pattern: put it on `scope/*`.",
     )
     hold_while_suspended: bool = Field(
-        default=False, description="True: a suspended invocation keeps its concurrency slot."
+        default=False,
+        description="True: a suspended invocation keeps its concurrency slot. Stored, not "
+        "yet in effect: invocations cannot suspend yet.",
     )
     paused: bool = Field(default=False, description="True: the queues start nothing.")
 
