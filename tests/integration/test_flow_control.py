@@ -241,3 +241,22 @@ def test_a_scope_budget_is_never_exceeded_and_shared_by_weight(settings: Setting
     first = Counter(key for key, _, _ in sorted(runs, key=lambda run: run[1])[:60])
     assert 24 <= first["vip"] <= 36, first
     assert 10 <= first["a"] <= 20 and 10 <= first["b"] <= 20, first
+
+
+def test_a_slot_freed_in_one_queue_of_a_scope_starts_another_queue(settings: Settings) -> None:
+    write_rules(settings, 0, LimitRule("solo", RulePattern.parse("solo"), concurrency=1))
+    time.sleep(1)
+    with Client(settings) as client:
+        client.send_requests(
+            [
+                client.request(
+                    "Flow/hold", {"key": key, "seconds": 0.3}, scope="solo", limit_key=key
+                )
+                for key in ("first", "second")
+            ]
+        )
+        # "first" runs alone; when it ends its queue is empty, and the freed slot of
+        # the scope must still reach "second".
+        wait_for_runs(2, timeout_s=30)
+    (_, _, first_end), (_, second_start, _) = sorted(runs, key=lambda run: run[1])
+    assert second_start >= first_end

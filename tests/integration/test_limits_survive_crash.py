@@ -1,4 +1,5 @@
-"""kill -9 the scheduler while limited queues are full: limits hold, nothing queued is lost."""
+"""kill -9 the scheduler while limited queues are full: limits hold (per key and for
+the scope as a whole), nothing queued is lost."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 KEYS = 30
 PER_KEY = 20
+SCOPE_LIMIT = 24  # below KEYS x 2, so that the scope's budget binds too
 
 runs: list[tuple[str, str, float, float]] = []  # (invocation id, key, start, end)
 runs_lock = threading.Lock()
@@ -46,7 +48,12 @@ def test_scheduler_kill_9_keeps_limits_and_loses_no_queued_invocation(
     settings = runtime_settings(kafka_bootstrap, topic_prefix, worker_slots=512)
     provision(kafka_bootstrap, settings.catalogue)
     register(settings, [service])
-    write_rules(settings, 0, LimitRule("per-key", RulePattern.parse("acme/*"), concurrency=2))
+    write_rules(
+        settings,
+        0,
+        LimitRule("per-key", RulePattern.parse("acme/*"), concurrency=2),
+        LimitRule("acme-total", RulePattern.parse("acme"), concurrency=SCOPE_LIMIT),
+    )
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -92,3 +99,5 @@ def test_scheduler_kill_9_keeps_limits_and_loses_no_queued_invocation(
     for _, key, start_at, end_at in runs:
         by_key[key].append((start_at, end_at))
     assert max(max_overlap(v) for v in by_key.values()) <= 2
+    whole_scope = max_overlap([(start_at, end_at) for _, _, start_at, end_at in runs])
+    assert whole_scope <= SCOPE_LIMIT, f"the scope ran {whole_scope} at once"

@@ -317,11 +317,13 @@ class PartitionState:
         return list(due)
 
     def queues_to_pump(self, now_ms: int) -> Iterator[QueueId]:
-        """Queues whose head may be admitted: touched since last time, or due to wake.
+        """Queues touched since last time or due to wake, with work waiting or not: a
+        queue whose last attempt just ended frees a slot of its scope's budget, which
+        other queues of the scope may be waiting for.
 
-        After `full_pump_needed` was set, every queue of the partition: then the
-        iteration runs over RocksDB rather than a list, so a million queues need no
-        million-entry list.
+        After `full_pump_needed` was set, also every queue of the partition with work
+        waiting: that iteration runs over RocksDB rather than a list, so a million
+        queues need no million-entry list.
         """
         due = self._touched_queues
         self._touched_queues = set()
@@ -331,10 +333,7 @@ class PartitionState:
             self.full_pump_needed = False
             due.update(q for q, v in self._queues.items() if v is not None)
             yield from self._stored_queues(exclude=due)
-        for queue_id in due:
-            queue = self.queue_or_none(queue_id)
-            if queue is not None and queue.queued:
-                yield queue_id
+        yield from due
 
     def _stored_queues(self, exclude: set[QueueId]) -> Iterator[QueueId]:
         prefix = self._p + b"q"
