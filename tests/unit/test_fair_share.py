@@ -140,3 +140,69 @@ def test_no_queue_starves_as_queues_come_and_go(events: list[tuple[int, bool]]) 
                 others[i] += 1
                 assert others[i] <= 2, f"k{waiting} waited while k{i} started {others[i]} times"
         starts_since_wait[i] = [0] * 6
+
+
+SCOPE_BUDGET = LimitRule("team", RulePattern.parse("team"), concurrency=3, rate_per_s=20, burst=2)
+KEY_RULE = LimitRule("team-keys", RulePattern.parse("team/*"), concurrency=2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["arrive", "finish", "pump", "tick"]),
+            st.integers(0, 3),  # which key
+            st.integers(0, 120),  # ms the clock moves on a tick
+        ),
+        max_size=150,
+    )
+)
+def test_the_scope_budget_holds_however_work_arrives_and_ends(
+    events: list[tuple[str, int, int]],
+) -> None:
+    """The pump as the scheduler runs it (scope check, fair pick, start, repeat) never
+    runs more than the scope's concurrency or a key's own, and never starts more than
+    rate x T + burst in any window T."""
+    now = 0
+    queues = {k: VirtualQueue(QueueId("team", f"k{k}")) for k in range(4)}
+    load = ScopeLoad("team")
+    starts: list[int] = []
+
+    def put(k: int, queue: VirtualQueue) -> None:
+        nonlocal load
+        load = load.counted(queues[k], queue)
+        queues[k] = queue
+
+    for kind, k, dt in events:
+        if kind == "arrive":
+            put(k, replace(queues[k], queued=queues[k].queued + 1))
+        elif kind == "finish" and queues[k].running:
+            put(k, replace(queues[k], running=queues[k].running - 1))
+        elif kind == "tick":
+            now += dt
+        elif kind == "pump":
+            while isinstance(scope_admission(load, SCOPE_BUDGET, now), Admit):
+                contenders = [Contender(q, KEY_RULE, 5) for q in queues.values() if q.queued]
+                chosen = next_to_start(load, contenders, now)
+                if chosen is None:
+                    break
+                clock, finish = started(load, chosen, contenders, SCOPE_BUDGET, now)
+                i = int(chosen.queue.id.limit_key[1:])
+                put(
+                    i,
+                    replace(
+                        queues[i],
+                        queued=queues[i].queued - 1,
+                        running=queues[i].running + 1,
+                        vfinish=finish,
+                    ),
+                )
+                load = replace(load, vclock=clock.vclock, rate_tat_ms=clock.rate_tat_ms)
+                starts.append(now)
+        assert load.running == sum(q.running for q in queues.values())
+        assert load.running <= 3
+        assert all(q.running <= 2 for q in queues.values())
+    for i, first in enumerate(starts):
+        for window in (1, 50, 100, 1_000):
+            in_window = sum(1 for s in starts[i:] if s < first + window)
+            assert in_window <= 20 * window / 1000 + 2
