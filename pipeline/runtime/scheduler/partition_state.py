@@ -122,24 +122,24 @@ class PartitionState:
 
     def queues_of_scope(self, scope: str) -> list[VirtualQueue]:
         """The queues of `scope` with work waiting."""
-        found = {q.id: q for q in self._stored_rows(self._p + b"q" + scope.encode() + b"/")}
-        found.update((q, v) for q, v in self._queues.items() if q.scope == scope and v)
+        prefix = self._p + b"q" + scope.encode() + b"/"
+        found = {QueueId.parse(key[3:].decode()) for key in self._scan(prefix, prefix)}
+        found.update(q for q, v in self._queues.items() if q.scope == scope and v)
         return [
             queue
             for queue_id in found
             if (queue := self.queue_or_none(queue_id)) is not None and queue.queued
         ]
 
-    def _stored_rows(self, prefix: bytes) -> Iterator[VirtualQueue]:
+    def _scan(self, start: bytes, prefix: bytes) -> Iterator[bytes]:
+        """The stored keys under `prefix`, in order, from `start` on."""
         iterator = self._db.iter()
-        iterator.seek(prefix)
+        iterator.seek(start)
         while iterator.valid():
             key: bytes = iterator.key()
             if not key.startswith(prefix):
                 return
-            queue = self._committed(key, self._codec.decode_queue_state)
-            if queue is not None:
-                yield queue
+            yield key
             iterator.next()
 
     def _committed(self, key: bytes, decode: Callable[[bytes], _T]) -> _T | None:
@@ -174,16 +174,10 @@ class PartitionState:
 
     def _first_live(self, prefix: bytes) -> bytes | None:
         """The first stored key under `prefix` that this batch did not delete."""
-        iterator = self._db.iter()
-        iterator.seek(self._floor(prefix))
-        while iterator.valid():
-            key: bytes = iterator.key()
-            if not key.startswith(prefix):
-                break
+        for key in self._scan(self._floor(prefix), prefix):
             if not (key in self._index and self._index[key] is None):
                 self._set_floor(prefix, key)
                 return key
-            iterator.next()
         # Nothing live: keys written later lower the floor again when committed.
         self._set_floor(prefix, prefix + b"\xff")
         return None
@@ -290,15 +284,11 @@ class PartitionState:
         prefix = self._p + tag
         upto = prefix + _time(now_ms) + b"\xff"
         due: list[bytes] = []
-        iterator = self._db.iter()
-        iterator.seek(self._floor(prefix))
-        while iterator.valid():
-            key: bytes = iterator.key()
-            if not key.startswith(prefix) or key > upto:
+        for key in self._scan(self._floor(prefix), prefix):
+            if key > upto:
                 break
             if not (key in self._index and self._index[key] is None):
                 due.append(key)
-            iterator.next()
         while (head := self._first_new(new)) is not None and head <= upto:
             heapq.heappop(new)
             due.append(head)
@@ -337,18 +327,12 @@ class PartitionState:
 
     def _stored_queues(self, exclude: set[QueueId]) -> Iterator[QueueId]:
         prefix = self._p + b"q"
-        iterator = self._db.iter()
-        iterator.seek(prefix)
-        while iterator.valid():
-            key: bytes = iterator.key()
-            if not key.startswith(prefix):
-                return
+        for key in self._scan(prefix, prefix):
             queue_id = QueueId.parse(key[3:].decode())
             if queue_id not in exclude:
                 queue = self.queue_or_none(queue_id)
                 if queue is not None and queue.queued:
                     yield queue_id
-            iterator.next()
 
     def next_wake_ms(self) -> int | None:
         keys = [
@@ -365,20 +349,18 @@ class PartitionState:
         rows in front of it are deleted and the floor moves up to it."""
         prefix = self._p + b"t"
         between_batches = not self._index
-        iterator = self._db.iter()
-        iterator.seek(self._floor(prefix))
         stale = 0
-        while iterator.valid() and (key := bytes(iterator.key())).startswith(prefix):
-            if not (key in self._index and self._index[key] is None):
-                # Past the limit, wake at this row's time and look on from there.
-                if stale >= _PRUNE_MAX or self._timer_is_live(key):
-                    if between_batches:
-                        self._set_floor(prefix, key)
-                    return key
-                stale += 1
+        for key in self._scan(self._floor(prefix), prefix):
+            if key in self._index and self._index[key] is None:
+                continue
+            # Past the limit, wake at this row's time and look on from there.
+            if stale >= _PRUNE_MAX or self._timer_is_live(key):
                 if between_batches:
-                    self._db.delete(key)
-            iterator.next()
+                    self._set_floor(prefix, key)
+                return key
+            stale += 1
+            if between_batches:
+                self._db.delete(key)
         return None
 
     def _first_new_timer(self) -> bytes | None:

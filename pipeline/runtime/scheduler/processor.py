@@ -27,6 +27,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from confluent_kafka import (
     Consumer,
@@ -84,6 +85,8 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 # Rules are matched per queue; a million queues must not mean a million cached matches.
 _RULE_CACHE_SIZE = 50_000
@@ -241,22 +244,10 @@ class SchedulerProcessor:
             state.full_pump_needed = True
 
     def _scope_rule_for(self, scope: str) -> LimitRule | None:
-        try:
-            return self._scope_rules[scope]
-        except KeyError:
-            if len(self._scope_rules) >= _RULE_CACHE_SIZE:
-                self._scope_rules.clear()
-            rule = self._scope_rules[scope] = scope_rule(self._rules, scope)
-            return rule
+        return _cached(self._scope_rules, scope, lambda s: scope_rule(self._rules, s))
 
     def _rule_for(self, queue_id: QueueId) -> LimitRule | None:
-        try:
-            return self._rule_cache[queue_id]
-        except KeyError:
-            if len(self._rule_cache) >= _RULE_CACHE_SIZE:
-                self._rule_cache.clear()
-            rule = self._rule_cache[queue_id] = governing_rule(self._rules, queue_id)
-            return rule
+        return _cached(self._rule_cache, queue_id, lambda q: governing_rule(self._rules, q))
 
     def _pump(self, state: PartitionState, now: int) -> None:
         """Start the heads of waiting queues, in priority and FIFO order, within limits."""
@@ -641,6 +632,17 @@ class SchedulerProcessor:
             except BufferError:
                 # The local queue is full: serve delivery reports to make room.
                 producer.poll(0.05)
+
+
+def _cached(cache: dict[_K, _V], key: _K, compute: Callable[[_K], _V]) -> _V:
+    """`compute(key)`, remembered; the cache is emptied when it is full."""
+    try:
+        return cache[key]
+    except KeyError:
+        if len(cache) >= _RULE_CACHE_SIZE:
+            cache.clear()
+        value = cache[key] = compute(key)
+        return value
 
 
 def _position(message: Message) -> tuple[str, int, int]:
