@@ -27,6 +27,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.harness import broker, fresh_settings, start_process
+from bench.pipeline_bench import ResultWatcher
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put
@@ -97,13 +98,14 @@ def main() -> None:
             with Client(settings) as client:
                 started = time.perf_counter()
                 batch = 10_000
+                scope_t0: set[str] = set()
                 for first in range(0, args.queues, batch):
-                    client.send_requests(
-                        [
-                            client.request("Bench/noop", i, scope=f"t{i % 1000}", limit_key=f"q{i}")
-                            for i in range(first, min(first + batch, args.queues))
-                        ]
-                    )
+                    requests = [
+                        client.request("Bench/noop", i, scope=f"t{i % 1000}", limit_key=f"q{i}")
+                        for i in range(first, min(first + batch, args.queues))
+                    ]
+                    scope_t0.update(r.id for r in requests if r.scope == "t0")
+                    client.send_requests(requests)
                 wait_until_consumed(settings, timeout_s=3_600)
                 report["fill_seconds"] = round(time.perf_counter() - started, 1)
                 report["scheduler_rss_mb"] = round(rss_mb(scheduler.pid), 1)
@@ -115,6 +117,20 @@ def main() -> None:
                 client.call("Bench/noop", 1, scope="probe", timeout_s=600)
                 report["recovery_seconds"] = round(time.perf_counter() - restarted, 1)
                 report["scheduler_rss_after_recovery_mb"] = round(rss_mb(scheduler.pid), 1)
+
+                # A rule change for one scope among a million queues: only that scope's
+                # queues are looked at again, so its work starts at once.
+                watcher = ResultWatcher(settings)
+                watcher.start()
+                changed = time.perf_counter()
+                unpause_t0 = LimitRule("t0", RulePattern.parse("t0/*"))
+                writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
+                writer.write(put(RuleSet(1, tuple(rules)), [unpause_t0], expected_version=1))
+                writer.close()
+                last = watcher.wait_for(scope_t0, timeout_s=600)
+                watcher.stop()
+                report["scope_rule_change_to_last_of_its_queues_done_s"] = round(last - changed, 2)
+                report["queues_in_that_scope"] = len(scope_t0)
 
                 # A new machine: no local RocksDB, so the whole changelog is read again.
                 scheduler.send_signal(signal.SIGKILL)

@@ -163,6 +163,19 @@ def scope_rule(rules: Iterable[LimitRule], scope: str) -> LimitRule | None:
     return min(budgets, key=lambda rule: rule.id, default=None)
 
 
+def scopes_affected(old: Iterable[LimitRule], new: Iterable[LimitRule]) -> frozenset[str] | None:
+    """The scopes whose queues may be governed differently after `old` became `new`;
+    None: possibly every queue (a `*` rule changed).
+
+    A rule change must wake the queues it may unblock; with a million queues, waking
+    only the changed scopes' queues is the difference between a prefix scan and all.
+    """
+    changed = set(old) ^ set(new)
+    if any(rule.pattern.scope is None for rule in changed):
+        return None
+    return frozenset(rule.pattern.scope for rule in changed if rule.pattern.scope is not None)
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     """Every limit rule in force, and how many changes made it (0: none yet).

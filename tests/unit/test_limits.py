@@ -14,6 +14,7 @@ from pipeline.core.limits import (
     gcra_started,
     governing_rule,
     scope_rule,
+    scopes_affected,
 )
 from pipeline.core.model import QueueId
 from pipeline.errors import ValidationError
@@ -81,3 +82,33 @@ def test_gcra_starts_in_any_window_at_most_rate_times_t_plus_burst(
     for i, first in enumerate(starts):
         in_window = sum(1 for s in starts[i:] if s < first + window)
         assert in_window <= rate * window / 1000 + burst
+
+
+RULE_SETS = st.lists(
+    st.builds(
+        LimitRule,
+        id=st.sampled_from(["r1", "r2", "r3"]),
+        pattern=st.sampled_from([*PATTERNS, "other/*", "other"]).map(RulePattern.parse),
+        concurrency=st.none() | st.integers(0, 3),
+        paused=st.booleans(),
+    ),
+    max_size=4,
+).map(lambda rules: tuple({rule.id: rule for rule in rules}.values()))
+QUEUES = st.builds(
+    QueueId,
+    st.sampled_from(["acme", "other", "third"]),
+    st.sampled_from(["team-7", "team-7/user-42", "team-8", "x"]),
+)
+
+
+@given(RULE_SETS, RULE_SETS, st.lists(QUEUES, max_size=10))
+def test_a_rule_change_wakes_every_scope_whose_queues_it_may_govern_differently(
+    old: tuple[LimitRule, ...], new: tuple[LimitRule, ...], queues: list[QueueId]
+) -> None:
+    affected = scopes_affected(old, new)
+    for queue in queues:
+        differs = governing_rule(old, queue) != governing_rule(new, queue) or scope_rule(
+            old, queue.scope
+        ) != scope_rule(new, queue.scope)
+        if differs:
+            assert affected is None or queue.scope in affected

@@ -106,6 +106,21 @@ def test_a_full_pump_visits_every_queue_with_waiting_work(store: StateStore) -> 
     assert list(state.queues_to_pump(0)) == []
 
 
+def test_a_rule_change_for_some_scopes_pumps_only_their_queues(store: StateStore) -> None:
+    state = PartitionState(store, 0, CODEC)
+    for scope in ("acme", "acme2", "other"):
+        state.put_queue(VirtualQueue(QueueId(scope, "k"), queued=1), now_ms=0)
+    commit(state)
+    state = PartitionState(store, 0, CODEC)
+    state.full_pump_needed = False
+    state.pump_after_rule_change(frozenset({"acme"}))
+    assert state.pump_pending
+    assert [str(q) for q in state.queues_to_pump(0)] == ["acme/k"]
+    assert not state.pump_pending
+    state.pump_after_rule_change(None)
+    assert sorted(str(q) for q in state.queues_to_pump(0)) == ["acme/k", "acme2/k", "other/k"]
+
+
 def test_an_idle_queue_leaves_no_row(store: StateStore) -> None:
     state = PartitionState(store, 0, CODEC)
     state.put_queue(VirtualQueue(QUEUE, queued=1), now_ms=0)

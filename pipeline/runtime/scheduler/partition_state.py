@@ -96,6 +96,19 @@ class PartitionState:
         # True until every queue was looked at under the rules in force: after new
         # rules, or when the local store could not say which rules it was pumped under.
         self.full_pump_needed = True
+        # Scopes whose every queue must be looked at: their rules changed.
+        self._scopes_to_pump: set[str] = set()
+
+    def pump_after_rule_change(self, scopes: frozenset[str] | None) -> None:
+        """Look at every waiting queue of `scopes` (None: of the partition) next pump."""
+        if scopes is None:
+            self.full_pump_needed = True
+        else:
+            self._scopes_to_pump |= scopes
+
+    @property
+    def pump_pending(self) -> bool:
+        return self.full_pump_needed or bool(self._scopes_to_pump)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -311,22 +324,27 @@ class PartitionState:
         queue whose last attempt just ended frees a slot of its scope's budget, which
         other queues of the scope may be waiting for.
 
-        After `full_pump_needed` was set, also every queue of the partition with work
-        waiting: that iteration runs over RocksDB rather than a list, so a million
-        queues need no million-entry list.
+        After a rule change, also every queue with work waiting of the scopes it
+        concerns, or of the partition (`full_pump_needed`): that iteration runs over
+        RocksDB rather than a list, so a million queues need no million-entry list.
         """
         due = self._touched_queues
         self._touched_queues = set()
         for key in self._pop_due_keys(b"k", self._new_wakes, now_ms):
             due.add(QueueId.parse(key[11:].decode()))
+        scopes, self._scopes_to_pump = self._scopes_to_pump, set()
         if self.full_pump_needed:
             self.full_pump_needed = False
             due.update(q for q, v in self._queues.items() if v is not None)
-            yield from self._stored_queues(exclude=due)
+            yield from self._stored_queues(b"", exclude=due)
+        else:
+            due.update(q for q, v in self._queues.items() if v is not None and q.scope in scopes)
+            for scope in sorted(scopes):
+                yield from self._stored_queues(scope.encode() + b"/", exclude=due)
         yield from due
 
-    def _stored_queues(self, exclude: set[QueueId]) -> Iterator[QueueId]:
-        prefix = self._p + b"q"
+    def _stored_queues(self, under: bytes, exclude: set[QueueId]) -> Iterator[QueueId]:
+        prefix = self._p + b"q" + under
         for key in self._scan(prefix, prefix):
             queue_id = QueueId.parse(key[3:].decode())
             if queue_id not in exclude:
@@ -448,6 +466,7 @@ class PartitionState:
         # Floors moved past entries this batch deleted, which are live again.
         self._floors.clear()
         self._touched_queues = set()
+        self._scopes_to_pump.clear()
         self.full_pump_needed = True
 
     def _clear_batch(self) -> None:
@@ -492,7 +511,7 @@ class PartitionState:
                 None if value is None else self._codec.decode_queue_state(value)
             )
             self._raw[text] = value
-            if not self.full_pump_needed:
+            if not self.pump_pending:
                 self._touched_queues.add(queue_id)
         elif text.startswith(SCOPE_PREFIX):
             scope = text[len(SCOPE_PREFIX) :]
@@ -595,7 +614,7 @@ def _usable_start(
 
 def _rules_version(state: PartitionState, rules_version: int) -> int:
     # A partition still owing a full pump must not claim it was pumped under these rules.
-    return -1 if state.full_pump_needed else rules_version
+    return -1 if state.pump_pending else rules_version
 
 
 def _fold(

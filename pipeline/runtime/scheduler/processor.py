@@ -41,7 +41,13 @@ from confluent_kafka import (
 from pipeline.codec.records import WireCodec
 from pipeline.core.admission import Blocked, admission
 from pipeline.core.fair_share import Contender, next_to_start, scope_admission, started
-from pipeline.core.limits import LimitRule, RuleSet, governing_rule, scope_rule
+from pipeline.core.limits import (
+    LimitRule,
+    RuleSet,
+    governing_rule,
+    scope_rule,
+    scopes_affected,
+)
 from pipeline.core.model import (
     DEFAULT_PRIORITY,
     HandlerDefinition,
@@ -228,20 +234,21 @@ class SchedulerProcessor:
 
     def _timers_due(self, now: int) -> bool:
         return any(
-            s.full_pump_needed or ((w := s.next_wake_ms()) is not None and w <= now)
+            s.pump_pending or ((w := s.next_wake_ms()) is not None and w <= now)
             for s in self._states.values()
         )
 
     def set_rules(self, ruleset: RuleSet) -> None:
         """Put new limit rules in force; waiting work is re-examined in the next batch."""
         log.info("limit rules version %d in force: %d rules", ruleset.version, len(ruleset.rules))
+        affected = scopes_affected(self._rules, ruleset.rules)
         self._rules = ruleset.rules
         self._rules_version = ruleset.version
         self._rule_cache.clear()
         self._scope_rules.clear()
         # A raised limit or an unpause wakes parked work at once.
         for state in self._states.values():
-            state.full_pump_needed = True
+            state.pump_after_rule_change(affected)
 
     def _scope_rule_for(self, scope: str) -> LimitRule | None:
         return _cached(self._scope_rules, scope, lambda s: scope_rule(self._rules, s))
