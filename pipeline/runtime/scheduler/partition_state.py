@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from rocksdict import WriteBatch
 
 from pipeline.codec.records import WireCodec
@@ -46,10 +45,6 @@ INVOCATION_PREFIX = "i/"
 QUEUE_PREFIX = "q/"
 SCOPE_PREFIX = "s/"
 
-# A compacted topic drops tombstones after `delete.retention.ms` (one day by default).
-# A checkpoint older than that may miss deletions, so it is thrown away instead.
-CHECKPOINT_MAX_AGE_MS = 12 * 3600 * 1000
-_RESTORE_COMMIT_EVERY = 20_000
 _CACHE_ROWS = 10_000
 _FLOORS = 50_000
 _PRUNE_MAX = 1_000
@@ -544,100 +539,3 @@ def _encode_checkpoint(checkpoint: Checkpoint) -> bytes:
             "saved_at_ms": checkpoint.saved_at_ms,
         }
     ).encode()
-
-
-def restore(
-    store: StateStore,
-    consumer_config: dict[str, object],
-    changelog: str,
-    partition: int,
-    codec: WireCodec,
-    *,
-    rules_version: int,
-    now_ms: int,
-) -> PartitionState:
-    """Bring the local store of one partition up to the end of its committed changelog.
-
-    A usable checkpoint means only the records after it are read; otherwise the
-    partition's rows are wiped and the whole changelog is folded in.
-    """
-    state = PartitionState(store, partition, codec)
-    consumer = Consumer(
-        {
-            **consumer_config,
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(changelog, partition), 30)
-        checkpoint = state.checkpoint()
-        start = _usable_start(checkpoint, changelog, high, now_ms)
-        if start is None:
-            store.wipe_partition(partition)
-            start = 0
-        else:
-            assert checkpoint is not None
-            state.full_pump_needed = checkpoint.rules_version != rules_version
-        records, end = 0, start
-        if start < high:
-            consumer.assign([TopicPartition(changelog, partition, max(start, low))])
-            records = _fold(consumer, state, changelog, rules_version, now_ms)
-            end = max(consumer.position([TopicPartition(changelog, partition)])[0].offset, start)
-        checkpoint = Checkpoint(changelog, end, _rules_version(state, rules_version), now_ms)
-        state.commit(state.changelog_writes(), checkpoint)
-    finally:
-        consumer.close()
-    log.info(
-        "restored partition %d from changelog offset %d: %d records read",
-        partition,
-        start,
-        records,
-    )
-    return state
-
-
-def _usable_start(
-    checkpoint: Checkpoint | None, changelog: str, high: int, now_ms: int
-) -> int | None:
-    if checkpoint is None or checkpoint.changelog != changelog:
-        return None
-    if checkpoint.offset > high:
-        log.warning("local checkpoint is ahead of %s (recreated?): restoring in full", changelog)
-        return None
-    if now_ms - checkpoint.saved_at_ms > CHECKPOINT_MAX_AGE_MS:
-        log.info("local checkpoint older than %d ms: restoring in full", CHECKPOINT_MAX_AGE_MS)
-        return None
-    return checkpoint.offset
-
-
-def _rules_version(state: PartitionState, rules_version: int) -> int:
-    # A partition still owing a full pump must not claim it was pumped under these rules.
-    return -1 if state.pump_pending else rules_version
-
-
-def _fold(
-    consumer: Consumer, state: PartitionState, changelog: str, rules_version: int, now_ms: int
-) -> int:
-    records = 0
-    offset = -1
-    while True:
-        message = consumer.poll(5.0)
-        if message is None:
-            continue
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                return records
-            raise RuntimeError(f"restoring {changelog}[{state.partition}] failed: {error}")
-        records += 1
-        offset = message.offset() or 0
-        state.apply_changelog(message.key(), message.value(), now_ms)
-        if records % _RESTORE_COMMIT_EVERY == 0:
-            # Bounds the batch held in memory; the checkpoint makes the work so far count
-            # if this restore is interrupted.
-            state.commit(
-                state.changelog_writes(),
-                Checkpoint(changelog, offset + 1, _rules_version(state, rules_version), now_ms),
-            )

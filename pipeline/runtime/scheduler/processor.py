@@ -26,8 +26,6 @@ import random
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
-from typing import TypeVar
 
 from confluent_kafka import (
     Consumer,
@@ -39,17 +37,10 @@ from confluent_kafka import (
 )
 
 from pipeline.codec.records import WireCodec
-from pipeline.core.admission import Blocked, admission
-from pipeline.core.fair_share import Contender, next_to_start, scope_admission, started
 from pipeline.core.limits import (
-    LimitRule,
     RuleSet,
-    governing_rule,
-    scope_rule,
-    scopes_affected,
 )
 from pipeline.core.model import (
-    DEFAULT_PRIORITY,
     HandlerDefinition,
     QueueId,
     QueueSnapshot,
@@ -74,16 +65,12 @@ from pipeline.core.scheduler import (
     TimerDue,
     decide,
 )
-from pipeline.core.state import VirtualQueue
 from pipeline.errors import DecodeError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.limit_rules import LimitRuleReader
-from pipeline.runtime.scheduler.partition_state import (
-    ChangelogWrite,
-    Checkpoint,
-    PartitionState,
-    restore,
-)
+from pipeline.runtime.scheduler.partition_state import ChangelogWrite, Checkpoint, PartitionState
+from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
+from pipeline.runtime.scheduler.restore import restore
 from pipeline.runtime.scheduler.service_registry import ServiceRegistry
 from pipeline.runtime.scheduler.state_store import StateStore, default_state_root
 from pipeline.settings import Settings
@@ -91,11 +78,6 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-# Rules are matched per queue; a million queues must not mean a million cached matches.
-_RULE_CACHE_SIZE = 50_000
 
 
 class SchedulerProcessor:
@@ -117,10 +99,7 @@ class SchedulerProcessor:
         self._registry: ServiceRegistry | None = None
         self._offsets: dict[tuple[str, int], int] = {}
         self._instance = settings.instance_id or uuid.uuid4().hex[:12]
-        self._rules: tuple[LimitRule, ...] = ()
-        self._rules_version = 0
-        self._rule_cache: dict[QueueId, LimitRule | None] = {}
-        self._scope_rules: dict[str, LimitRule | None] = {}
+        self._rules = RulesInForce()
         self._state_store: StateStore | None = None
         # Per partition, the offset after its last changelog record Kafka acknowledged:
         # the checkpoint stored with each batch.
@@ -202,7 +181,7 @@ class SchedulerProcessor:
             while not stop.is_set():
                 registry.poll()
                 rules.poll()
-                if rules.ruleset().version != self._rules_version:
+                if rules.ruleset().version != self._rules.version:
                     self.set_rules(rules.ruleset())
                 batch = self._next_batch(consumer)
                 now = self._clock()
@@ -241,82 +220,10 @@ class SchedulerProcessor:
     def set_rules(self, ruleset: RuleSet) -> None:
         """Put new limit rules in force; waiting work is re-examined in the next batch."""
         log.info("limit rules version %d in force: %d rules", ruleset.version, len(ruleset.rules))
-        affected = scopes_affected(self._rules, ruleset.rules)
-        self._rules = ruleset.rules
-        self._rules_version = ruleset.version
-        self._rule_cache.clear()
-        self._scope_rules.clear()
+        affected = self._rules.put(ruleset)
         # A raised limit or an unpause wakes parked work at once.
         for state in self._states.values():
             state.pump_after_rule_change(affected)
-
-    def _scope_rule_for(self, scope: str) -> LimitRule | None:
-        return _cached(self._scope_rules, scope, lambda s: scope_rule(self._rules, s))
-
-    def _rule_for(self, queue_id: QueueId) -> LimitRule | None:
-        return _cached(self._rule_cache, queue_id, lambda q: governing_rule(self._rules, q))
-
-    def _pump(self, state: PartitionState, now: int) -> None:
-        """Start the heads of waiting queues, in priority and FIFO order, within limits."""
-        pumped_scopes: set[str] = set()
-        for queue_id in state.queues_to_pump(now):
-            budget = self._scope_rule_for(queue_id.scope)
-            if budget is None:
-                self._pump_queue(state, queue_id, now)
-            elif queue_id.scope not in pumped_scopes:
-                pumped_scopes.add(queue_id.scope)
-                self._pump_scope(state, queue_id.scope, budget, now)
-
-    def _pump_queue(self, state: PartitionState, queue_id: QueueId, now: int) -> None:
-        rule = self._rule_for(queue_id)
-        while (queue := state.queue_or_none(queue_id)) is not None and queue.queued > 0:
-            verdict = admission(queue, rule, now)
-            if isinstance(verdict, Blocked):
-                if verdict.until_ms is not None:
-                    state.wake_queue_at(queue_id, verdict.until_ms)
-                return
-            if not self._admit_head(state, queue_id, now):
-                return
-
-    def _pump_scope(self, state: PartitionState, scope: str, budget: LimitRule, now: int) -> None:
-        """Start heads of the scope's queues while its budget allows, in fair-share order."""
-        contenders = {
-            queue.id: self._contender(state, queue) for queue in state.queues_of_scope(scope)
-        }
-        while contenders:
-            load = state.scope_load(scope)
-            verdict = scope_admission(load, budget, now)
-            if isinstance(verdict, Blocked):
-                if verdict.until_ms is not None:
-                    state.wake_queue_at(next(iter(contenders)), verdict.until_ms)
-                return
-            chosen = next_to_start(load, list(contenders.values()), now)
-            if chosen is None:
-                for contender in contenders.values():
-                    queue_verdict = admission(contender.queue, contender.rule, now)
-                    if isinstance(queue_verdict, Blocked) and queue_verdict.until_ms is not None:
-                        state.wake_queue_at(contender.queue.id, queue_verdict.until_ms)
-                return
-            load, vfinish = started(load, chosen, list(contenders.values()), budget, now)
-            queue_id = chosen.queue.id
-            if not self._admit_head(state, queue_id, now):
-                return
-            state.put_queue(replace(state.queue(queue_id), vfinish=vfinish), now)
-            state.put_scope(
-                replace(state.scope_load(scope), vclock=load.vclock, rate_tat_ms=load.rate_tat_ms),
-                now,
-            )
-            queue = state.queue_or_none(queue_id)
-            if queue is None or queue.queued == 0:
-                del contenders[queue_id]
-            else:
-                contenders[queue_id] = self._contender(state, queue)
-
-    def _contender(self, state: PartitionState, queue: VirtualQueue) -> Contender:
-        head = state.waiting_head(queue.id)
-        invocation = None if head is None else state.invocation(head)
-        priority = invocation.request.priority if invocation is not None else DEFAULT_PRIORITY
-        return Contender(queue, self._rule_for(queue.id), priority)
 
     def _admit_head(self, state: PartitionState, queue_id: QueueId, now: int) -> bool:
         head = state.waiting_head(queue_id)
@@ -341,7 +248,7 @@ class SchedulerProcessor:
                     for invocation_id in state.pop_due(now):
                         self._apply(state, invocation_id, TimerDue(invocation_id), now)
             for state in list(self._states.values()):
-                self._pump(state, now)
+                pump(state, self._rules, now, self._admit_head)
             writes = self._write_changes(now)
             if self._offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
@@ -356,7 +263,7 @@ class SchedulerProcessor:
                 checkpoint = Checkpoint(
                     self._names.scheduler_state,
                     self._changelog_end[partition],
-                    self._rules_version,
+                    self._rules.version,
                     now,
                 )
                 state.commit(writes[partition], checkpoint)
@@ -398,7 +305,7 @@ class SchedulerProcessor:
             self._names.scheduler_state,
             partition,
             self._codec,
-            rules_version=self._rules_version,
+            rules_version=self._rules.version,
             now_ms=self._clock(),
         )
         checkpoint = state.checkpoint()
@@ -489,8 +396,8 @@ class SchedulerProcessor:
             self._settings.lease_timeout_ms,
             self._rng.random(),
             retention_ms=self._settings.retention_ms,
-            rule=self._rule_for(request.queue_id),
-            direct_start=self._scope_rule_for(request.queue_id.scope) is None,
+            rule=self._rules.rule_for(request.queue_id),
+            direct_start=self._rules.scope_rule_for(request.queue_id.scope) is None,
         )
         decision = decide(invocation, queue, event, context)
         self._store(state, invocation_id, decision, now)
@@ -639,17 +546,6 @@ class SchedulerProcessor:
             except BufferError:
                 # The local queue is full: serve delivery reports to make room.
                 producer.poll(0.05)
-
-
-def _cached(cache: dict[_K, _V], key: _K, compute: Callable[[_K], _V]) -> _V:
-    """`compute(key)`, remembered; the cache is emptied when it is full."""
-    try:
-        return cache[key]
-    except KeyError:
-        if len(cache) >= _RULE_CACHE_SIZE:
-            cache.clear()
-        value = cache[key] = compute(key)
-        return value
 
 
 def _position(message: Message) -> tuple[str, int, int]:

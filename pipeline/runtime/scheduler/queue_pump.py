@@ -1,0 +1,140 @@
+"""Which waiting invocations start now: the limit rules in force, over a partition.
+
+The decisions are the core's (`admission`, `fair_share`); this module walks the
+queues a batch touched, asks, and hands each head that may start to `admit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TypeVar
+
+from pipeline.core.admission import Blocked, admission
+from pipeline.core.fair_share import Contender, next_to_start, scope_admission, started
+from pipeline.core.limits import LimitRule, RuleSet, governing_rule, scope_rule, scopes_affected
+from pipeline.core.model import DEFAULT_PRIORITY, QueueId
+from pipeline.core.state import VirtualQueue
+from pipeline.runtime.scheduler.partition_state import PartitionState
+
+# Starts the head of a queue (state, queue, now); False when it found no head.
+AdmitHead = Callable[[PartitionState, QueueId, int], bool]
+
+# Rules are matched per queue; a million queues must not mean a million cached matches.
+_CACHE_SIZE = 50_000
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class RulesInForce:
+    """The limit rules the scheduler applies, and which of them governs what."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._rules: tuple[LimitRule, ...] = ()
+        self._queue_rules: dict[QueueId, LimitRule | None] = {}
+        self._scope_rules: dict[str, LimitRule | None] = {}
+
+    def put(self, ruleset: RuleSet) -> frozenset[str] | None:
+        """Apply `ruleset`; the scopes it may govern differently (None: possibly all)."""
+        affected = scopes_affected(self._rules, ruleset.rules)
+        self._rules = ruleset.rules
+        self.version = ruleset.version
+        self._queue_rules.clear()
+        self._scope_rules.clear()
+        return affected
+
+    def rule_for(self, queue_id: QueueId) -> LimitRule | None:
+        """The queue's own rule."""
+        return _cached(self._queue_rules, queue_id, lambda q: governing_rule(self._rules, q))
+
+    def scope_rule_for(self, scope: str) -> LimitRule | None:
+        """The budget of the scope as a whole."""
+        return _cached(self._scope_rules, scope, lambda s: scope_rule(self._rules, s))
+
+
+def pump(state: PartitionState, rules: RulesInForce, now: int, admit: AdmitHead) -> None:
+    """Start the heads of waiting queues, in priority and FIFO order, within limits."""
+    pumped_scopes: set[str] = set()
+    for queue_id in state.queues_to_pump(now):
+        budget = rules.scope_rule_for(queue_id.scope)
+        if budget is None:
+            _pump_queue(state, rules, queue_id, now, admit)
+        elif queue_id.scope not in pumped_scopes:
+            pumped_scopes.add(queue_id.scope)
+            _pump_scope(state, rules, queue_id.scope, budget, now, admit)
+
+
+def _pump_queue(
+    state: PartitionState, rules: RulesInForce, queue_id: QueueId, now: int, admit: AdmitHead
+) -> None:
+    rule = rules.rule_for(queue_id)
+    while (queue := state.queue_or_none(queue_id)) is not None and queue.queued > 0:
+        verdict = admission(queue, rule, now)
+        if isinstance(verdict, Blocked):
+            if verdict.until_ms is not None:
+                state.wake_queue_at(queue_id, verdict.until_ms)
+            return
+        if not admit(state, queue_id, now):
+            return
+
+
+def _pump_scope(
+    state: PartitionState,
+    rules: RulesInForce,
+    scope: str,
+    budget: LimitRule,
+    now: int,
+    admit: AdmitHead,
+) -> None:
+    """Start heads of the scope's queues while its budget allows, in fair-share order."""
+    contenders = {
+        queue.id: _contender(state, rules, queue) for queue in state.queues_of_scope(scope)
+    }
+    while contenders:
+        load = state.scope_load(scope)
+        verdict = scope_admission(load, budget, now)
+        if isinstance(verdict, Blocked):
+            if verdict.until_ms is not None:
+                state.wake_queue_at(next(iter(contenders)), verdict.until_ms)
+            return
+        chosen = next_to_start(load, list(contenders.values()), now)
+        if chosen is None:
+            for contender in contenders.values():
+                queue_verdict = admission(contender.queue, contender.rule, now)
+                if isinstance(queue_verdict, Blocked) and queue_verdict.until_ms is not None:
+                    state.wake_queue_at(contender.queue.id, queue_verdict.until_ms)
+            return
+        load, vfinish = started(load, chosen, list(contenders.values()), budget, now)
+        queue_id = chosen.queue.id
+        if not admit(state, queue_id, now):
+            return
+        state.put_queue(replace(state.queue(queue_id), vfinish=vfinish), now)
+        state.put_scope(
+            replace(state.scope_load(scope), vclock=load.vclock, rate_tat_ms=load.rate_tat_ms),
+            now,
+        )
+        queue = state.queue_or_none(queue_id)
+        if queue is None or queue.queued == 0:
+            del contenders[queue_id]
+        else:
+            contenders[queue_id] = _contender(state, rules, queue)
+
+
+def _contender(state: PartitionState, rules: RulesInForce, queue: VirtualQueue) -> Contender:
+    head = state.waiting_head(queue.id)
+    invocation = None if head is None else state.invocation(head)
+    priority = invocation.request.priority if invocation is not None else DEFAULT_PRIORITY
+    return Contender(queue, rules.rule_for(queue.id), priority)
+
+
+def _cached(cache: dict[_K, _V], key: _K, compute: Callable[[_K], _V]) -> _V:
+    """`compute(key)`, remembered; the cache is emptied when it is full."""
+    try:
+        return cache[key]
+    except KeyError:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        value = cache[key] = compute(key)
+        return value
