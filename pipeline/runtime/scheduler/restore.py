@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # A compacted topic drops tombstones after `delete.retention.ms` (one day by default).
 # A checkpoint older than that may miss deletions, so it is thrown away instead.
 CHECKPOINT_MAX_AGE_MS = 12 * 3600 * 1000
-_RESTORE_COMMIT_EVERY = 20_000
+_RESTORE_COMMIT_EVERY = 5_000
 
 
 def restore(
