@@ -131,12 +131,6 @@ class LimitRule:
             raise ValidationError(f"rule {self.id!r}: weight {self.weight} must be >= 1")
         if self.max_queued is not None and self.max_queued < 0:
             raise ValidationError(f"rule {self.id!r}: max_queued {self.max_queued} must be >= 0")
-        if self.pattern.is_scope_budget and self.max_queued is not None:
-            raise ValidationError(
-                f"rule {self.id!r}: max_queued caps each queue's backlog, and pattern "
-                f"{self.pattern} is the scope's shared budget: put max_queued on "
-                f"{self.pattern}/* instead"
-            )
 
 
 def governing_rule(rules: Iterable[LimitRule], queue: QueueId) -> LimitRule | None:
@@ -203,6 +197,15 @@ def put(ruleset: RuleSet, rules: Sequence[LimitRule], expected_version: int | No
     point is that no partial batch is ever returned).
     """
     _check_version(ruleset, expected_version)
+    for rule in rules:
+        # Checked where rules come in, not in LimitRule: a rule set stored before scope
+        # budgets existed must stay readable (its max_queued on a scope is ignored).
+        if rule.pattern.is_scope_budget and rule.max_queued is not None:
+            raise ValidationError(
+                f"rule {rule.id!r}: max_queued caps each queue's backlog, and pattern "
+                f"{rule.pattern} is the scope's shared budget: put max_queued on "
+                f"{rule.pattern}/* instead"
+            )
     if not rules:
         raise ValidationError(
             "the batch has no rules, so it would change nothing: send at least one rule "

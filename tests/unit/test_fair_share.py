@@ -17,7 +17,7 @@ from pipeline.core.fair_share import (
     scope_admission,
     started,
 )
-from pipeline.core.limits import LimitRule, RulePattern, governing_rule, scope_rule
+from pipeline.core.limits import LimitRule, RulePattern, RuleSet, governing_rule, put, scope_rule
 from pipeline.core.model import QueueId
 from pipeline.core.state import VirtualQueue
 from pipeline.errors import ValidationError
@@ -38,8 +38,12 @@ def test_a_bare_scope_pattern_is_the_scope_budget_not_a_queue_rule() -> None:
 
 
 def test_a_scope_budget_refuses_max_queued_and_says_where_it_belongs() -> None:
+    cap = LimitRule("cap", RulePattern.parse("acme"), max_queued=10)
     with pytest.raises(ValidationError, match=r"acme/\*"):
-        LimitRule("cap", RulePattern.parse("acme"), max_queued=10)
+        put(RuleSet(), [cap], expected_version=0)
+    # A rule set stored before scope budgets existed stays readable: the queues' own
+    # rules govern them and the scope's max_queued is ignored.
+    assert governing_rule([cap], QueueId("acme", "k")) is None
 
 
 def test_the_scope_budget_blocks_on_its_totals() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -24,16 +23,8 @@ def codec() -> WireCodec:
 
 
 PATTERNS = st.sampled_from(["*", "acme", "acme/*", "acme/t-7", "acme/t-7/*", "acme/t-7/u-42"])
-
-
-def _rule(pattern: RulePattern, max_queued: int | None, **limits: Any) -> LimitRule:
-    # A scope's shared budget takes no max_queued (each queue's backlog is capped).
-    scoped = None if pattern.is_scope_budget else max_queued
-    return LimitRule(pattern=pattern, max_queued=scoped, **limits)
-
-
 RULES = st.builds(
-    _rule,
+    LimitRule,
     id=st.text(min_size=1, max_size=12),
     pattern=PATTERNS.map(RulePattern.parse),
     concurrency=st.none() | st.integers(0, 2**31 - 1),
