@@ -6,6 +6,7 @@ queues a batch touched, asks, and hands each head that may start to `admit`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -16,6 +17,8 @@ from pipeline.core.limits import LimitRule, RuleSet, governing_rule, scope_rule,
 from pipeline.core.model import DEFAULT_PRIORITY, QueueId
 from pipeline.core.state import VirtualQueue
 from pipeline.runtime.scheduler.partition_state import PartitionState
+
+log = logging.getLogger(__name__)
 
 # Starts the head of a queue (state, queue, now); False when it found no head.
 AdmitHead = Callable[[PartitionState, QueueId, int], bool]
@@ -38,6 +41,17 @@ class RulesInForce:
 
     def put(self, ruleset: RuleSet) -> frozenset[str] | None:
         """Apply `ruleset`; the scopes it may govern differently (None: possibly all)."""
+        for rule in ruleset.rules:
+            if rule.pattern.is_scope_budget and rule.max_queued is not None:
+                # Stored before scope budgets existed; new ones are refused at `put`.
+                log.warning(
+                    "rule %r: max_queued=%d on the scope budget %s is ignored; put it on "
+                    "%s/* to cap each queue's backlog",
+                    rule.id,
+                    rule.max_queued,
+                    rule.pattern,
+                    rule.pattern,
+                )
         affected = scopes_affected(self._rules, ruleset.rules)
         self._rules = ruleset.rules
         self.version = ruleset.version
