@@ -183,9 +183,12 @@ class SchedulerProcessor:
                 rules.poll()
                 if rules.ruleset().version != self._rules.version:
                     self.set_rules(rules.ruleset())
-                batch = self._next_batch(consumer)
+                # Looked up once a loop: each look is a RocksDB seek per partition.
+                wake = self._next_wake_ms()
+                batch = self._next_batch(consumer, wake)
                 now = self._clock()
-                if batch or self._timers_due(now):
+                pending = any(s.pump_pending for s in self._states.values())
+                if batch or pending or (wake is not None and wake <= now):
                     self._process(consumer, producer, batch, now)
         finally:
             consumer.close()
@@ -196,26 +199,19 @@ class SchedulerProcessor:
             self._state_store.close()
             self._state_store = None
 
-    def _next_batch(self, consumer: Consumer) -> list[Message]:
+    def _next_batch(self, consumer: Consumer, wake_ms: int | None) -> list[Message]:
         # consume(n, timeout) waits for n records or the timeout, which would add the
         # whole timeout to every lone record's latency: wait for one, then drain.
-        first = consumer.poll(self._poll_timeout_s())
+        timeout_s = 0.1 if wake_ms is None else min(max((wake_ms - self._clock()) / 1000, 0), 0.1)
+        first = consumer.poll(timeout_s)
         if first is None:
             return []
         rest = consumer.consume(self._settings.scheduler_batch_max - 1, timeout=0)
         return [first, *rest]
 
-    def _poll_timeout_s(self) -> float:
+    def _next_wake_ms(self) -> int | None:
         wakes = [w for s in self._states.values() if (w := s.next_wake_ms()) is not None]
-        if not wakes:
-            return 0.1
-        return min(max((min(wakes) - self._clock()) / 1000, 0.0), 0.1)
-
-    def _timers_due(self, now: int) -> bool:
-        return any(
-            s.pump_pending or ((w := s.next_wake_ms()) is not None and w <= now)
-            for s in self._states.values()
-        )
+        return min(wakes, default=None)
 
     def set_rules(self, ruleset: RuleSet) -> None:
         """Put new limit rules in force; waiting work is re-examined in the next batch."""
