@@ -14,6 +14,7 @@ from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import InvocationRequest, QueueId, Target
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.runtime.scheduler.partition_state import Checkpoint, PartitionState
+from pipeline.runtime.scheduler.restore import CHECKPOINT_MAX_AGE_MS, usable_start
 from pipeline.runtime.scheduler.state_store import StateStore
 
 CODEC = WireCodec()
@@ -207,3 +208,12 @@ def test_derived_rows_stay_in_step_with_the_invocations(
             assert state.next_wake_ms() == (min(wakes) if wakes else None)
     finally:
         store.close()
+
+
+def test_an_old_checkpoint_is_kept_when_nothing_was_written_after_it() -> None:
+    old = Checkpoint("changelog", 100, 0, 0)
+    late = CHECKPOINT_MAX_AGE_MS + 1
+    assert usable_start(old, "changelog", 101, late) == 100  # only its batch's marker
+    assert usable_start(old, "changelog", 150, late) is None  # tombstones may be gone
+    assert usable_start(old, "changelog", 150, 0) == 100
+    assert usable_start(old, "other", 101, 0) is None

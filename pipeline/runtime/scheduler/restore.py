@@ -50,7 +50,7 @@ def restore(
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(changelog, partition), 30)
         checkpoint = state.checkpoint()
-        start = _usable_start(checkpoint, changelog, high, now_ms)
+        start = usable_start(checkpoint, changelog, high, now_ms)
         if start is None:
             store.wipe_partition(partition)
             start = 0
@@ -75,7 +75,7 @@ def restore(
     return state
 
 
-def _usable_start(
+def usable_start(
     checkpoint: Checkpoint | None, changelog: str, high: int, now_ms: int
 ) -> int | None:
     if checkpoint is None or checkpoint.changelog != changelog:
@@ -83,7 +83,11 @@ def _usable_start(
     if checkpoint.offset > high:
         log.warning("local checkpoint is ahead of %s (recreated?): restoring in full", changelog)
         return None
-    if now_ms - checkpoint.saved_at_ms > CHECKPOINT_MAX_AGE_MS:
+    # Age matters only when records follow the checkpoint. Every changelog write is
+    # transactional, so a committed record after it comes with a marker: at least two
+    # offsets; one offset more is just the marker of the checkpointed batch itself.
+    behind = high - checkpoint.offset > 1
+    if behind and now_ms - checkpoint.saved_at_ms > CHECKPOINT_MAX_AGE_MS:
         log.info("local checkpoint older than %d ms: restoring in full", CHECKPOINT_MAX_AGE_MS)
         return None
     return checkpoint.offset
