@@ -70,6 +70,9 @@ def test_kill_9_loses_nothing_and_duplicates_nothing(
         sender.start()
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.5, 2.5))
+            # Kill while steps are being executed, not while the restarted processes are
+            # still joining their groups: otherwise a run can miss all work in flight.
+            _wait_for_new_steps(crash_log, timeout_s=10)
             victims = rng.choice([["scheduler"], ["worker"], ["scheduler", "worker"]])
             for name in victims:
                 processes[name].send_signal(signal.SIGKILL)
@@ -167,3 +170,13 @@ def _read_results(settings: object, expected: set[str], timeout_s: float) -> lis
     finally:
         consumer.close()
     return results
+
+
+def _wait_for_new_steps(crash_log: Path, timeout_s: float) -> None:
+    """Until the handlers log another step, or `timeout_s` passed (work may be done)."""
+    size = crash_log.stat().st_size if crash_log.exists() else 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if crash_log.exists() and crash_log.stat().st_size > size:
+            return
+        time.sleep(0.02)
