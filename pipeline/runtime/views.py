@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from typing import TypeVar
 
@@ -46,6 +47,8 @@ _POLL_BATCH = 500
 _POLL_TIMEOUT_S = 0.2
 _METADATA_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
+# What a partition answers while its leader is being elected, e.g. just after creation.
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
 
 _V = TypeVar("_V")
 
@@ -147,15 +150,24 @@ class _CompactedTopicView(ABC):
 
     def _end_offsets(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
         targets: dict[int, int] = {}
+        deadline = time.monotonic() + _METADATA_TIMEOUT_S
         for partition in partitions:
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self._topic, partition), timeout=_METADATA_TIMEOUT_S
-                )
-            except KafkaException as exc:
-                raise RetryableError(
-                    f"cannot read end offsets of {self._topic!r} from {self._bootstrap}: {exc}"
-                ) from exc
+            while True:
+                try:
+                    low, high = consumer.get_watermark_offsets(
+                        TopicPartition(self._topic, partition), timeout=_METADATA_TIMEOUT_S
+                    )
+                    break
+                except KafkaException as exc:
+                    # A topic created a moment ago may not have elected its leader yet.
+                    error = exc.args[0]
+                    transient = error.retriable() or error.code() in _LEADER_MOVING
+                    if transient and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                        continue
+                    raise RetryableError(
+                        f"cannot read end offsets of {self._topic!r} from {self._bootstrap}: {exc}"
+                    ) from exc
             # An empty partition (high == low) has nothing to wait for.
             targets[partition] = high if high > low else 0
         return targets
