@@ -22,6 +22,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from admin_api.models import (
+    DeploymentLimitPut,
+    DeploymentListResponse,
+    DeploymentResponse,
     ErrorDetail,
     ErrorResponse,
     FieldError,
@@ -34,6 +37,7 @@ from admin_api.models import (
     ResumeResponse,
     ServiceListResponse,
     ServiceResponse,
+    deployment_response,
     invocation_response,
     limit_rule,
     queue_list_response,
@@ -44,9 +48,11 @@ from admin_api.models import (
 )
 from admin_api.ports import InvocationCommands, InvocationReader, LimitRules, ServiceReader
 from pipeline.core import limits as rule_sets
+from pipeline.core.deployment import DeploymentLimit, check_deployment_name
 from pipeline.core.introspection import (
     DEFAULT_SCOPE,
     WaitingReport,
+    awaiting_report,
     parse_queue_address,
     parse_scope,
     queue_address,
@@ -103,6 +109,15 @@ _AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
 _MAX_INVOCATION_ID = 1024
 _MAX_SERVICE_NAME = 128
 
+_DeploymentName = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=_MAX_SERVICE_NAME,
+        description="The deployment: the name of the service its workers serve.",
+    ),
+]
+
 # Module level, like the bearer scheme, so that FastAPI can resolve the annotation.
 # `:path` in the routes because derived ids contain slashes (`idem:Service/handler:key`).
 _InvocationId = Annotated[
@@ -143,11 +158,15 @@ def create_app(
         return HealthResponse()
 
     require_token = _bearer_auth(_accepted_tokens(settings))
+    # One limit change at a time: two requests must not both derive a version from the
+    # same one, or the second would be refused as a conflict it never asked to check.
+    changing = threading.Lock()
     for router in (
         _inspection_routes(invocations, services, limits, clock),
         _queue_routes(invocations, limits, clock),
         _command_routes(invocations, commands),
-        _limit_routes(limits),
+        _limit_routes(limits, changing),
+        _deployment_routes(invocations, services, limits, changing),
     ):
         app.include_router(router, dependencies=[Depends(require_token)], responses=_AUTH_RESPONSES)
     return app
@@ -219,6 +238,8 @@ def _waiting(
     limits: LimitRules,
     clock: Callable[[], int],
 ) -> WaitingReport | None:
+    if invocation.status is InvocationStatus.AWAITING_CAPACITY:
+        return awaiting_report(invocation, invocations.invocations())
     if invocation.status is not InvocationStatus.PENDING:
         return None
     queue = next((q for q in invocations.queues() if q.id == invocation.queue_id), None)
@@ -388,11 +409,8 @@ _RULES_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def _limit_routes(limits: LimitRules) -> APIRouter:
+def _limit_routes(limits: LimitRules, changing: threading.Lock) -> APIRouter:
     router = APIRouter(prefix="/limits/rules", tags=["limits"])
-    # One change at a time: two requests must not both derive a version from the same
-    # one, or the second would be refused as a conflict it never asked to check.
-    changing = threading.Lock()
 
     @router.get(
         "", summary="The limit rules in force, with their version", description=_HOW_RULES_APPLY
@@ -440,6 +458,95 @@ def _limit_routes(limits: LimitRules) -> APIRouter:
             updated = rule_sets.delete(limits.ruleset(), rule_id, if_version)
             limits.write(updated)
         return ruleset_response(updated)
+
+    return router
+
+
+_HOW_DEPLOYMENT_LIMITS_APPLY = """\
+A deployment is the pool of workers serving one service, named after the service. Its
+cap bounds the attempts of that service running at once across all workers, on top of
+the queue rules: an invocation its queue admits waits (`awaiting-capacity`, holding its
+queue's slot) until the cap has room, and the scheduler's partitions take turns at it.
+A change takes effect at once, also for invocations already waiting. Attempts already
+running when a cap is first set are not counted. Caps are versioned together with the
+limit rules (`if_version` is the version GET /limits/rules shows).
+"""
+
+
+def _deployment_routes(
+    invocations: InvocationReader,
+    services: ServiceReader,
+    limits: LimitRules,
+    changing: threading.Lock,
+) -> APIRouter:
+    router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+    def report(name: str, ruleset: rule_sets.RuleSet) -> DeploymentResponse:
+        announced = services.service(name) is not None
+        return deployment_response(name, ruleset, invocations.deployment_load(name), announced)
+
+    @router.get(
+        "",
+        summary="Deployments: their caps, what runs under them and what waits",
+        description=_HOW_DEPLOYMENT_LIMITS_APPLY,
+    )
+    def list_deployments() -> DeploymentListResponse:
+        ruleset = limits.ruleset()
+        names = {s.name for s in services.services()}
+        names.update(d.deployment for d in ruleset.deployments)
+        return DeploymentListResponse(
+            version=ruleset.version, deployments=[report(n, ruleset) for n in sorted(names)]
+        )
+
+    @router.get(
+        "/{name}/limits",
+        summary="A deployment's cap, what runs under it and what waits",
+        description=_HOW_DEPLOYMENT_LIMITS_APPLY,
+        responses={404: {"model": ErrorResponse, "description": "Unknown deployment."}},
+    )
+    def get_deployment(name: _DeploymentName) -> DeploymentResponse:
+        ruleset = limits.ruleset()
+        if ruleset.deployment_limit(name) is None and services.service(name) is None:
+            raise NotFoundError(
+                f"deployment {name!r} has no cap and no worker announced service {name!r}: "
+                "check the name (GET /deployments lists them)"
+            )
+        return report(name, ruleset)
+
+    @router.put(
+        "/{name}/limits",
+        summary="Set a deployment's cap on running attempts",
+        description=_HOW_DEPLOYMENT_LIMITS_APPLY,
+        responses=_RULES_RESPONSES,
+    )
+    def put_deployment(name: _DeploymentName, body: DeploymentLimitPut) -> DeploymentResponse:
+        limit = DeploymentLimit(check_deployment_name(name), body.concurrency)
+        with changing:
+            updated = rule_sets.put_deployment_limit(limits.ruleset(), limit, body.if_version)
+            limits.write(updated)
+        return report(name, updated)
+
+    @router.delete(
+        "/{name}/limits",
+        summary="Lift a deployment's cap",
+        description="Invocations awaiting the cap start at once.\n\n"
+        + _HOW_DEPLOYMENT_LIMITS_APPLY,
+        responses={
+            **_RULES_RESPONSES,
+            404: {"model": ErrorResponse, "description": "The deployment has no cap."},
+        },
+    )
+    def delete_deployment(
+        name: _DeploymentName,
+        if_version: Annotated[
+            int | None,
+            Query(ge=0, description="Lift only if the limits are at this version."),
+        ] = None,
+    ) -> DeploymentResponse:
+        with changing:
+            updated = rule_sets.delete_deployment_limit(limits.ruleset(), name, if_version)
+            limits.write(updated)
+        return report(name, updated)
 
     return router
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.core.deployment import DeploymentLoad
 from pipeline.core.introspection import QueueReport, WaitingReport, explain, queue_address
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import (
@@ -77,13 +78,18 @@ class WaitingModel(_Response):
     ahead: int = Field(description="Pending invocations of the queue that start before it.")
     blocker: str | None = Field(
         description="What holds the queue's head back: concurrency, rate, paused or "
-        "paused_until; null when the head may start now (then it waits only for `ahead`)."
+        "paused_until; null when the head may start now (then it waits only for `ahead`). "
+        "deployment_capacity for an invocation the queue admitted that waits for its "
+        "deployment's cap; `ahead` then counts those before it on its partition."
     )
     blocker_rule_id: str | None = Field(description="The limit rule that blocks, if one does.")
     blocker_level: str | None = Field(
         default=None,
-        description="Whose budget blocks: `queue` (the queue's own rule) or `scope` (the "
-        "shared budget of its scope, a rule on the bare scope).",
+        description="Whose budget blocks: `queue` (the queue's own rule), `scope` (the "
+        "shared budget of its scope, a rule on the bare scope) or `deployment`.",
+    )
+    deployment: str | None = Field(
+        default=None, description="For deployment_capacity: the deployment whose cap."
     )
     blocked_until: datetime | None = Field(
         description="For rate and paused_until: when that blocker clears."
@@ -92,7 +98,9 @@ class WaitingModel(_Response):
 
 class InvocationResponse(_Response):
     id: str
-    status: str = Field(description="pending, running, backing-off, paused, completed or failed.")
+    status: str = Field(
+        description="pending, awaiting-capacity, running, backing-off, paused, completed or failed."
+    )
     target: TargetModel
     attempts: int = Field(description="Number of the current or last attempt; 0 before the first.")
     scope: str | None
@@ -109,7 +117,8 @@ class InvocationResponse(_Response):
     waiting: WaitingModel | None = Field(
         default=None,
         description="For a pending invocation: where it stands in its queue and what "
-        "holds the queue back. Null otherwise.",
+        "holds the queue back; for one awaiting capacity: which deployment's cap. Null "
+        "otherwise.",
     )
 
 
@@ -186,14 +195,20 @@ class QueueResponse(_Response):
     rule: QueueRuleModel | None = Field(description="The rule in force; null: no limits.")
     running: int
     queued: int
+    awaiting_capacity: int = Field(
+        default=0,
+        description="Of `running`: admitted invocations that wait for their deployment's "
+        "cap (PUT /deployments/{name}/limits) and hold the queue's slots meanwhile.",
+    )
     head_blocker: str | None = Field(
-        description="What holds the head back: concurrency, rate, paused or paused_until; "
-        "null when nothing is queued or the head may start now."
+        description="What holds the head back: concurrency, rate, paused, paused_until or "
+        "deployment_capacity (the queue's slots are held by invocations waiting for their "
+        "deployment's cap); null when nothing waits or the head may start now."
     )
     head_blocker_level: str | None = Field(
         default=None,
-        description="Whose budget blocks the head: `queue` (the rule above) or `scope` "
-        "(scope_budget).",
+        description="Whose budget blocks the head: `queue` (the rule above), `scope` "
+        "(scope_budget) or `deployment`.",
     )
     scope_budget: ScopeBudgetModel | None = Field(
         default=None, description="The shared budget of the queue's scope; null: none."
@@ -268,6 +283,56 @@ class LimitRulesPut(_Response):
 class LimitRuleSetResponse(_Response):
     version: int = Field(description="Number of changes so far; 0 before the first.")
     rules: list[LimitRuleModel] = Field(description="Every rule in force, ordered by id.")
+
+
+class DeploymentLimitPut(_Response):
+    concurrency: int = Field(
+        ge=0,
+        description="Attempts of the service running at once across all its workers; 0 "
+        "holds every new start (drain the pool).",
+    )
+    if_version: int | None = Field(
+        default=None,
+        ge=0,
+        description="Apply only if the limits are at this version (409 otherwise); the "
+        "version is the one GET /limits/rules shows.",
+    )
+
+
+class DeploymentResponse(_Response):
+    deployment: str = Field(description="The deployment: the service its workers serve.")
+    concurrency: int | None = Field(description="The cap; null: none.")
+    running: int = Field(
+        description="Attempts running under the cap (units granted, not given back). "
+        "Attempts started before the cap was set are not counted."
+    )
+    awaiting: int = Field(description="Admitted invocations waiting for a unit of the cap.")
+    announced: bool = Field(description="Whether a worker has announced the service.")
+    version: int = Field(description="Version of the limits this cap belongs to.")
+
+
+class DeploymentListResponse(_Response):
+    version: int
+    deployments: list[DeploymentResponse] = Field(
+        description="Every announced service and every deployment with a cap, by name."
+    )
+
+
+def deployment_response(
+    deployment: str,
+    ruleset: RuleSet,
+    load: DeploymentLoad | None,
+    announced: bool,
+) -> DeploymentResponse:
+    limit = ruleset.deployment_limit(deployment)
+    return DeploymentResponse(
+        deployment=deployment,
+        concurrency=None if limit is None else limit.concurrency,
+        running=0 if load is None else load.running,
+        awaiting=0 if load is None else load.waiting,
+        announced=announced,
+        version=ruleset.version,
+    )
 
 
 def limit_rule(model: LimitRuleModel) -> LimitRule:
@@ -369,6 +434,7 @@ def queue_response(report: QueueReport) -> QueueResponse:
         rule=rule,
         running=report.running,
         queued=report.queued,
+        awaiting_capacity=report.awaiting_capacity,
         head_blocker=None if report.head_blocker is None else report.head_blocker.value,
         head_blocker_level=(
             None if report.head_blocker_level is None else report.head_blocker_level.value
@@ -404,6 +470,7 @@ def _waiting(report: WaitingReport) -> WaitingModel:
         blocker=None if report.blocker is None else report.blocker.value,
         blocker_rule_id=report.rule_id,
         blocker_level=None if report.level is None else report.level.value,
+        deployment=report.deployment,
         blocked_until=_optional_instant(report.blocked_until_ms),
     )
 

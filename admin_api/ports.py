@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pipeline.core.deployment import DeploymentLoad
 from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.limits import RuleSet
 from pipeline.core.model import ServiceDefinition
@@ -32,6 +33,10 @@ class InvocationReader(Protocol):
 
     def scope_load(self, scope: str) -> ScopeLoad | None:
         """The totals and budget state of a scope; None when the scope is idle."""
+        ...
+
+    def deployment_load(self, deployment: str) -> DeploymentLoad | None:
+        """Units of a deployment's cap out and asked for; None when there are none."""
         ...
 
 

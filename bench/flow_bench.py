@@ -10,6 +10,11 @@ Then sends invocations one at a time, alternating an unscoped one (no rule gover
 queue) and a scoped one under the rule, and prints the dispatch delay (the dispatch
 record's time minus the request's creation time, both on this machine's clock) p50/p99
 of each, and what the admission check adds at p50.
+
+Last, the same scoped load and single sends once more with a cap on the `Bench`
+deployment that never binds (100000 running), so that every invocation awaits a unit
+and is granted one: what the deployment cap's counting costs (here within one scheduler
+process, where it needs no extra round trip through Kafka).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from bench.harness import broker, fresh_settings, start_runtime
 from bench.pipeline_bench import ResultWatcher
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
-from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put
+from pipeline.core.deployment import DeploymentLimit
+from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put, put_deployment_limit
 from pipeline.core.model import InvocationRequest
 from pipeline.runtime.limit_rules import LimitRuleWriter
 from pipeline.settings import Settings
@@ -65,6 +71,23 @@ def run_load(client: Client, watcher: ResultWatcher, requests: list[InvocationRe
     client.send_requests(requests)
     last = watcher.wait_for({r.id for r in requests}, 600)
     return len(requests) / (last - started)
+
+
+def send_singly(
+    client: Client,
+    watcher: ResultWatcher,
+    into: dict[str, list[InvocationRequest]],
+    kinds: tuple[str, ...],
+    samples: int,
+) -> None:
+    """One at a time, alternating `kinds`: "off" is unscoped, the others scoped."""
+    for i in range(samples):
+        for name in kinds:
+            scope = None if name == "off" else "acme"
+            request = client.request("Bench/noop", i, scope=scope, limit_key=scope and f"u{i}")
+            client.send_requests([request])
+            watcher.wait_for({request.id}, 30)
+            into[name].append(request)
 
 
 def main() -> None:
@@ -107,18 +130,29 @@ def main() -> None:
                 on = run_load(client, watcher, limited)
                 # One at a time: what the admission check adds to a dispatch when the
                 # queue is under its limits, without any backlog in front of it.
-                single: dict[str, list[InvocationRequest]] = {"off": [], "on": []}
-                for i in range(args.latency_samples):
-                    for name, scope in (("off", None), ("on", "acme")):
-                        request = client.request(
-                            "Bench/noop", i, scope=scope, limit_key=scope and f"user-{i}"
-                        )
-                        client.send_requests([request])
-                        watcher.wait_for({request.id}, 30)
-                        single[name].append(request)
+                single: dict[str, list[InvocationRequest]] = {"off": [], "on": [], "capped": []}
+                send_singly(client, watcher, single, ("off", "on"), args.latency_samples)
+
+                writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
+                capped_rules = put_deployment_limit(
+                    put(RuleSet(), [rule], expected_version=0),
+                    DeploymentLimit("Bench", 100_000),
+                    expected_version=1,
+                )
+                writer.write(capped_rules)
+                writer.close()
+                time.sleep(2)
+                capped = [
+                    client.request("Bench/noop", i, scope="acme", limit_key=f"user-{i % args.keys}")
+                    for i in range(args.invocations)
+                ]
+                with_cap = run_load(client, watcher, capped)
+                send_singly(client, watcher, single, ("capped",), args.latency_samples)
             report["throughput_limits_off_per_s"] = round(off)
             report["throughput_limits_on_per_s"] = round(on)
             report["ratio_on_to_off"] = round(on / off, 3)
+            report["throughput_limits_and_deployment_cap_per_s"] = round(with_cap)
+            report["ratio_capped_to_off"] = round(with_cap / off, 3)
             for name, requests in single.items():
                 delays = sorted(dispatch_delays_ms(settings, {r.id for r in requests}))
                 report[f"dispatch_delay_c1_{name}_p50_ms"] = statistics.median(delays)
@@ -126,6 +160,10 @@ def main() -> None:
             report["dispatch_delay_added_p50_ms"] = (
                 report["dispatch_delay_c1_on_p50_ms"]  # type: ignore[operator]
                 - report["dispatch_delay_c1_off_p50_ms"]
+            )
+            report["dispatch_delay_added_by_cap_p50_ms"] = (
+                report["dispatch_delay_c1_capped_p50_ms"]  # type: ignore[operator]
+                - report["dispatch_delay_c1_on_p50_ms"]
             )
         finally:
             watcher.stop()

@@ -120,6 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     limits_put.add_argument("file", metavar="FILE.json", help="the rules, or - for stdin")
     limits_put.set_defaults(func=_cmd_limits_put)
 
+    deployments = commands.add_parser(
+        "deployments",
+        help="caps on running attempts across all workers of a service",
+        description=(
+            "A deployment is the pool of workers serving one service, named after it. "
+            "Its cap holds on top of the queue rules; caps are versioned with them."
+        ),
+    )
+    deployment_commands = deployments.add_subparsers(dest="deployments_command", required=True)
+    deployment_commands.add_parser(
+        "list", help="print every cap with what runs under it and what waits, as JSON"
+    ).set_defaults(func=_cmd_deployments_list)
+    deployment_set = deployment_commands.add_parser("set", help="set a deployment's cap")
+    deployment_set.add_argument("name", help="the deployment: its service's name")
+    deployment_set.add_argument("concurrency", type=int, help="attempts at once; 0 holds all")
+    deployment_set.set_defaults(func=_cmd_deployments_set)
+    deployment_remove = deployment_commands.add_parser("remove", help="lift a deployment's cap")
+    deployment_remove.add_argument("name", help="the deployment: its service's name")
+    deployment_remove.set_defaults(func=_cmd_deployments_remove)
+
     queues = commands.add_parser(
         "queues",
         help="the active virtual queues and what holds them back, as JSON",
@@ -369,17 +389,25 @@ def _cmd_limits_get(args: argparse.Namespace) -> int:
 
 
 def _cmd_limits_put(args: argparse.Namespace) -> int:
-    from pipeline.codec.records import WireCodec
     from pipeline.codec.rules_json import parse_batch, ruleset_to_json
     from pipeline.core.limits import put
     from pipeline.errors import ValidationError
-    from pipeline.runtime.limit_rules import LimitRuleReader, LimitRuleStore, LimitRuleWriter
 
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"cannot read the rules from {args.file}: {exc}") from exc
     batch = parse_batch(text)
+    updated = _change_limits(lambda ruleset: put(ruleset, batch.rules, batch.if_version))
+    print(json.dumps(ruleset_to_json(updated), indent=2))
+    return 0
+
+
+def _change_limits(change: Any) -> Any:
+    """Read the limits to the end, write `change(limits)`, and return what was written."""
+    from pipeline.codec.records import WireCodec
+    from pipeline.runtime.limit_rules import LimitRuleReader, LimitRuleStore, LimitRuleWriter
+
     settings = load_settings()
     bootstrap, topic, codec = (
         settings.kafka_bootstrap_servers,
@@ -392,10 +420,49 @@ def _cmd_limits_put(args: argparse.Namespace) -> int:
         writer = LimitRuleWriter(bootstrap, topic, codec)
         stack.callback(writer.close)
         reader.catch_up(_LIMITS_CATCH_UP_S)
-        updated = put(reader.ruleset(), batch.rules, batch.if_version)
+        updated = change(reader.ruleset())
         LimitRuleStore(reader, writer).write(updated)
-    print(json.dumps(ruleset_to_json(updated), indent=2))
+    return updated
+
+
+def _cmd_deployments_set(args: argparse.Namespace) -> int:
+    from pipeline.core.deployment import DeploymentLimit
+    from pipeline.core.limits import put_deployment_limit
+
+    limit = DeploymentLimit(args.name, args.concurrency)
+    updated = _change_limits(lambda ruleset: put_deployment_limit(ruleset, limit, None))
+    print(json.dumps(_caps_json(updated, {}), indent=2))
     return 0
+
+
+def _cmd_deployments_remove(args: argparse.Namespace) -> int:
+    from pipeline.core.limits import delete_deployment_limit
+
+    updated = _change_limits(lambda ruleset: delete_deployment_limit(ruleset, args.name, None))
+    print(json.dumps(_caps_json(updated, {}), indent=2))
+    return 0
+
+
+def _cmd_deployments_list(args: argparse.Namespace) -> int:
+    _, ruleset, _, loads = _read_scheduler_state(load_settings())
+    print(json.dumps(_caps_json(ruleset, loads), indent=2))
+    return 0
+
+
+def _caps_json(ruleset: Any, loads: dict[str, Any]) -> dict[str, Any]:
+    names = sorted({d.deployment for d in ruleset.deployments} | set(loads))
+    deployments = []
+    for name in names:
+        limit, load = ruleset.deployment_limit(name), loads.get(name)
+        deployments.append(
+            {
+                "deployment": name,
+                "concurrency": None if limit is None else limit.concurrency,
+                "running": 0 if load is None else load.running,
+                "awaiting": 0 if load is None else load.waiting,
+            }
+        )
+    return {"version": ruleset.version, "deployments": deployments}
 
 
 def _cmd_queues_list(args: argparse.Namespace) -> int:
@@ -403,7 +470,7 @@ def _cmd_queues_list(args: argparse.Namespace) -> int:
     from pipeline.core.introspection import parse_scope, queue_report
     from pipeline.runtime.clock import wall_clock_ms
 
-    queues, ruleset, scopes = _read_queue_state(load_settings())
+    queues, ruleset, scopes, _ = _read_scheduler_state(load_settings())
     wanted = None if args.scope is None else parse_scope(args.scope)
     chosen = sorted(
         (q for q in queues if wanted is None or q.id.scope == wanted),
@@ -426,7 +493,7 @@ def _cmd_queues_show(args: argparse.Namespace) -> int:
 
     scope, _, limit_key = args.queue.partition("/")
     queue_id = parse_queue_address(scope, limit_key)
-    queues, ruleset, scopes = _read_queue_state(load_settings())
+    queues, ruleset, scopes, _ = _read_scheduler_state(load_settings())
     queue = next((q for q in queues if q.id == queue_id), None)
     if queue is None:
         raise NotFoundError(
@@ -445,9 +512,11 @@ def _cmd_queues_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_queue_state(settings: Settings) -> tuple[list[Any], Any, dict[str, Any]]:
-    """The scheduler's queues, the rules in force and the loads of the queues' scopes,
-    all read up to the end."""
+def _read_scheduler_state(
+    settings: Settings,
+) -> tuple[list[Any], Any, dict[str, Any], dict[str, Any]]:
+    """The scheduler's queues, the rules in force, the loads of the queues' scopes and
+    of the deployments with a cap, all read up to the end."""
     from pipeline.codec.records import WireCodec
     from pipeline.errors import RetryableError
     from pipeline.runtime.limit_rules import LimitRuleReader
@@ -466,7 +535,13 @@ def _read_queue_state(settings: Settings) -> tuple[list[Any], Any, dict[str, Any
             )
         queues = view.queues()
         scopes = {q.id.scope: view.scope_load(q.id.scope) for q in queues}
-        return queues, reader.ruleset(), scopes
+        ruleset = reader.ruleset()
+        loads = {
+            d.deployment: load
+            for d in ruleset.deployments
+            if (load := view.deployment_load(d.deployment)) is not None
+        }
+        return queues, ruleset, scopes, loads
     finally:
         view.stop()
         reader.close()

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar, assert_never
 
 from pipeline.codec import json_ingress
 from pipeline.codec.avro import HEADER_SIZE, MARKER, SchemaSet
+from pipeline.core.deployment import DeploymentLimit, DeploymentLoad
 from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet
@@ -20,6 +21,8 @@ from pipeline.core.model import (
     AttemptCompleted,
     AttemptFailed,
     AttemptFenced,
+    CapacityKind,
+    CapacityMessage,
     DispatchOrder,
     EntryAppended,
     EntryKind,
@@ -53,6 +56,8 @@ LIMIT_RULES = "pipeline.v1.LimitRuleSet"
 INVOCATION_STATE = "pipeline.v1.InvocationState"
 QUEUE_STATE = "pipeline.v1.VirtualQueueState"
 SCOPE_LOAD = "pipeline.v1.ScopeLoadState"
+CAPACITY = "pipeline.v1.CapacityMessage"
+DEPLOYMENT_LOAD = "pipeline.v1.DeploymentLoadState"
 
 _ENTRY_APPENDED = "pipeline.v1.EntryAppended"
 _ATTEMPT_COMPLETED = "pipeline.v1.AttemptCompleted"
@@ -80,7 +85,14 @@ _ENTRY_KIND = _Symbols("pipeline.v1.EntryKind", EntryKind)
 _RESULT_STATUS = _Symbols("pipeline.v1.ResultStatus", ResultStatus)
 _ON_EXHAUSTED = _Symbols("pipeline.v1.OnExhausted", OnExhausted)
 _STATUS = _Symbols("pipeline.v1.InvocationStatus", InvocationStatus)
-_ENUMS: tuple[_Symbols[Any], ...] = (_ENTRY_KIND, _RESULT_STATUS, _ON_EXHAUSTED, _STATUS)
+_CAPACITY_KIND = _Symbols("pipeline.v1.CapacityKind", CapacityKind)
+_ENUMS: tuple[_Symbols[Any], ...] = (
+    _ENTRY_KIND,
+    _RESULT_STATUS,
+    _ON_EXHAUSTED,
+    _STATUS,
+    _CAPACITY_KIND,
+)
 
 
 class WireCodec:
@@ -95,6 +107,7 @@ class WireCodec:
         # Older writer schemas of a resume command count too: a record written by an
         # earlier version must not be mistaken for a request.
         self._resume_fingerprints = frozenset(self.schemas.writer_fingerprints(RESUME))
+        self._capacity_fingerprints = frozenset(self.schemas.writer_fingerprints(CAPACITY))
 
     def _decode(self, name: str, data: bytes, build: Callable[[Avro], _T]) -> _T:
         record = self._decode_avro(name, data)
@@ -166,6 +179,17 @@ class WireCodec:
             {"invocation_id": command.invocation_id, "requested_at_ms": command.requested_at_ms},
         )
 
+    def encode_capacity(self, message: CapacityMessage) -> bytes:
+        return self._encode(
+            CAPACITY,
+            {
+                "kind": _CAPACITY_KIND.to_avro[message.kind],
+                "deployment": message.deployment,
+                "partition": message.partition,
+                "count": message.count,
+            },
+        )
+
     def decode_invocations_record(
         self,
         value: bytes,
@@ -175,9 +199,10 @@ class WireCodec:
         partition: int,
         offset: int,
         timestamp_ms: int,
-    ) -> InvocationRequest | ResumeInvocation:
-        """Any record of `invocations`: a resume command, told apart by its writer
-        fingerprint, else a request exactly as `decode_request` reads it.
+    ) -> InvocationRequest | ResumeInvocation | CapacityMessage:
+        """Any record of `invocations`: a resume command or a capacity message, told
+        apart by its writer fingerprint, else a request exactly as `decode_request`
+        reads it.
 
         A JSON content-type wins, as in `decode_request`: JSON ingress only carries
         requests. Requests, the hot path, pay one slice and one set lookup.
@@ -188,6 +213,12 @@ class WireCodec:
             and not _declares_json(headers)
         ):
             return self._decode(RESUME, value, _resume_from_avro)
+        if (
+            value[2:HEADER_SIZE] in self._capacity_fingerprints
+            and value[:2] == MARKER
+            and not _declares_json(headers)
+        ):
+            return self._decode(CAPACITY, value, _capacity_from_avro)
         return self.decode_request(
             value,
             headers=headers,
@@ -280,7 +311,14 @@ class WireCodec:
     def encode_ruleset(self, ruleset: RuleSet) -> bytes:
         return self._encode(
             LIMIT_RULES,
-            {"version": ruleset.version, "rules": [_rule_to_avro(r) for r in ruleset.rules]},
+            {
+                "version": ruleset.version,
+                "rules": [_rule_to_avro(r) for r in ruleset.rules],
+                "deployments": [
+                    {"deployment": d.deployment, "concurrency": d.concurrency}
+                    for d in ruleset.deployments
+                ],
+            },
         )
 
     def decode_ruleset(self, value: bytes) -> RuleSet:
@@ -303,6 +341,8 @@ class WireCodec:
                 "finished_at_ms": invocation.finished_at_ms,
                 "last_failure": _failure_to_avro(invocation.last_failure),
                 "output": invocation.output,
+                "deployment": invocation.deployment,
+                "awaiting_since_ms": invocation.awaiting_since_ms,
             },
         )
 
@@ -320,6 +360,7 @@ class WireCodec:
                 "rate_tat_ms": queue.rate_tat_ms,
                 "paused_until_ms": queue.paused_until_ms,
                 "vfinish": queue.vfinish,
+                "awaiting_capacity": queue.awaiting_capacity,
             },
         )
 
@@ -340,6 +381,20 @@ class WireCodec:
 
     def decode_scope_load(self, value: bytes) -> ScopeLoad:
         return self._decode(SCOPE_LOAD, value, lambda record: ScopeLoad(**record))
+
+    def encode_deployment_load(self, load: DeploymentLoad) -> bytes:
+        return self._encode(
+            DEPLOYMENT_LOAD,
+            {
+                "deployment": load.deployment,
+                "running": load.running,
+                "demand": [{"partition": p, "count": n} for p, n in load.demand],
+                "turn": load.turn,
+            },
+        )
+
+    def decode_deployment_load(self, value: bytes) -> DeploymentLoad:
+        return self._decode(DEPLOYMENT_LOAD, value, _deployment_load_from_avro)
 
 
 def _check_enums(schemas: SchemaSet) -> None:
@@ -608,6 +663,7 @@ def _ruleset_from_avro(record: Avro) -> RuleSet:
             )
             for r in record["rules"]
         ),
+        deployments=tuple(DeploymentLimit(**d) for d in record["deployments"]),
     )
 
 
@@ -635,6 +691,8 @@ def _invocation_from_avro(record: Avro) -> Invocation:
         finished_at_ms=record["finished_at_ms"],
         last_failure=_optional_failure(record["last_failure"]),
         output=record["output"],
+        deployment=record["deployment"],
+        awaiting_since_ms=record["awaiting_since_ms"],
     )
 
 
@@ -647,4 +705,23 @@ def _queue_state_from_avro(record: Avro) -> VirtualQueue:
         rate_tat_ms=record["rate_tat_ms"],
         paused_until_ms=record["paused_until_ms"],
         vfinish=record["vfinish"],
+        awaiting_capacity=record["awaiting_capacity"],
+    )
+
+
+def _deployment_load_from_avro(record: Avro) -> DeploymentLoad:
+    return DeploymentLoad(
+        deployment=record["deployment"],
+        running=record["running"],
+        demand=tuple((d["partition"], d["count"]) for d in record["demand"]),
+        turn=record["turn"],
+    )
+
+
+def _capacity_from_avro(record: Avro) -> CapacityMessage:
+    return CapacityMessage(
+        kind=_CAPACITY_KIND.from_avro[record["kind"]],
+        deployment=record["deployment"],
+        partition=record["partition"],
+        count=record["count"],
     )

@@ -45,6 +45,7 @@ def queue_report_to_json(report: QueueReport) -> dict[str, Any]:
         "rule": rule,
         "running": report.running,
         "queued": report.queued,
+        "awaiting_capacity": report.awaiting_capacity,
         "head_blocker": None if report.head_blocker is None else report.head_blocker.value,
         "head_blocker_level": (
             None if report.head_blocker_level is None else report.head_blocker_level.value

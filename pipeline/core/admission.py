@@ -11,10 +11,12 @@ from pipeline.core.state import VirtualQueue
 
 
 class LimitLevel(StrEnum):
-    """Whose budget blocks: the queue's own rule, or its scope's shared budget."""
+    """Whose budget blocks: the queue's own rule, its scope's shared budget, or the cap
+    of the deployment serving it."""
 
     QUEUE = "queue"
     SCOPE = "scope"
+    DEPLOYMENT = "deployment"
 
 
 class Blocker(StrEnum):
@@ -22,6 +24,8 @@ class Blocker(StrEnum):
     PAUSED_UNTIL = "paused_until"
     CONCURRENCY = "concurrency"
     RATE = "rate"
+    # Admitted invocations hold the queue's slots while their deployment's cap is full.
+    DEPLOYMENT_CAPACITY = "deployment_capacity"
 
 
 @dataclass(frozen=True, slots=True)

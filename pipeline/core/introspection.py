@@ -8,6 +8,12 @@ the order the scheduler admits in. Only the head is checked against the limits; 
 other pending invocation waits for the ones ahead of it, so its blocker is the head's
 and `ahead` says how many go first. The head is checked against its scope's shared
 budget first, then against the queue's own rule; the blocker says which (`level`).
+
+Under a deployment cap, invocations the queue admitted hold its slots until the cap
+grants them a unit (`awaiting_capacity`). When that is what keeps the head back (the
+queue's concurrency is spent on them, or nothing is left queued but they), the
+blocker is `deployment_capacity`: the head moves only once the deployment's other
+work ends.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class QueueReport:
     next_eligible_ms: int | None
     head_blocker_level: LimitLevel | None = None
     scope_budget: ScopeBudgetReport | None = None
+    awaiting_capacity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,7 @@ class WaitingReport:
     blocked_until_ms: int | None
     rule_id: str | None = None  # the rule whose limit blocks, when a rule does
     level: LimitLevel | None = None  # whose budget blocks: the queue's or its scope's
+    deployment: str | None = None  # for deployment_capacity: whose cap
 
 
 def queue_report(
@@ -111,6 +119,11 @@ def queue_report(
         if isinstance(verdict, Blocked):
             blocker, blocked_until_ms, level = verdict.blocker, verdict.until_ms, verdict.level
         next_eligible_ms = _next_eligible_ms(queue, rule, budget, load, now_ms)
+    if queue.awaiting_capacity and (
+        queue.queued == 0 or (blocker is Blocker.CONCURRENCY and level is LimitLevel.QUEUE)
+    ):
+        blocker, level = Blocker.DEPLOYMENT_CAPACITY, LimitLevel.DEPLOYMENT
+        blocked_until_ms = next_eligible_ms = None
     scope_budget = None
     if budget is not None:
         scope_budget = ScopeBudgetReport(
@@ -138,6 +151,7 @@ def queue_report(
         next_eligible_ms=next_eligible_ms,
         head_blocker_level=level,
         scope_budget=scope_budget,
+        awaiting_capacity=queue.awaiting_capacity,
     )
 
 
@@ -203,8 +217,52 @@ def waiting_report(
     )
 
 
+def awaiting_report(invocation: Invocation, awaiting: Iterable[Invocation]) -> WaitingReport:
+    """Where `invocation` (awaiting capacity) stands among those awaiting the same cap.
+
+    `ahead` counts the ones before it in the order its partition takes them in; the
+    partitions take turns, so it is the order on its partition, not across all.
+    """
+    deployment = invocation.deployment
+    if invocation.status is not InvocationStatus.AWAITING_CAPACITY or deployment is None:
+        raise ValidationError(
+            f"invocation {invocation.id!r} is {invocation.status.value}, not awaiting "
+            "deployment capacity"
+        )
+    mine = _awaiting_order(invocation)
+    partition_key = invocation.request.partition_key
+    ahead = sum(
+        1
+        for other in awaiting
+        if other.status is InvocationStatus.AWAITING_CAPACITY
+        and other.deployment == deployment
+        and other.id != invocation.id
+        and other.request.partition_key == partition_key
+        and _awaiting_order(other) < mine
+    )
+    return WaitingReport(
+        queue_id=invocation.queue_id,
+        position=ahead + 1,
+        ahead=ahead,
+        blocker=Blocker.DEPLOYMENT_CAPACITY,
+        blocked_until_ms=None,
+        level=LimitLevel.DEPLOYMENT,
+        deployment=deployment,
+    )
+
+
+def _awaiting_order(invocation: Invocation) -> tuple[int, int, str]:
+    return (invocation.request.priority, invocation.awaiting_since_ms or 0, invocation.id)
+
+
 def explain(report: QueueReport) -> str:
     """One sentence on what the queue's head waits for, naming the rule that limits it."""
+    if report.head_blocker is Blocker.DEPLOYMENT_CAPACITY:
+        return (
+            f"{report.awaiting_capacity} of the {report.running} invocations this queue "
+            "admitted wait for the cap of the deployment that runs them (GET "
+            "/deployments): they start as its other work ends, and the queue's head after"
+        )
     if report.queued == 0:
         return f"nothing waits; {report.running} running"
     budget = report.scope_budget

@@ -11,6 +11,8 @@ from enum import StrEnum
 
 class InvocationStatus(StrEnum):
     PENDING = "pending"  # in its virtual queue, waiting to be admitted
+    # Admitted by its queue (whose slot it holds), waiting for its deployment's cap
+    AWAITING_CAPACITY = "awaiting-capacity"
     RUNNING = "running"  # an attempt is dispatched to a worker and holds a lease
     BACKING_OFF = "backing-off"  # the last attempt failed; the next waits for its timer
     PAUSED = "paused"  # retries exhausted under an on_exhausted=pause policy
@@ -24,6 +26,8 @@ class InvocationStatus(StrEnum):
 
 class Transition(StrEnum):
     ADMIT = "admit"  # the queue lets the next attempt start
+    RESERVE = "reserve"  # the queue admits it, and its deployment's cap must grant too
+    GRANT = "grant"  # the deployment granted capacity: the attempt starts
     COMPLETE = "complete"
     FAIL = "fail"  # terminal failure or retries exhausted under fail policy
     BACK_OFF = "back-off"  # retryable failure or lease fence with attempts left
@@ -37,6 +41,8 @@ _T = Transition
 
 TRANSITIONS: dict[tuple[InvocationStatus, Transition], InvocationStatus] = {
     (_S.PENDING, _T.ADMIT): _S.RUNNING,
+    (_S.PENDING, _T.RESERVE): _S.AWAITING_CAPACITY,
+    (_S.AWAITING_CAPACITY, _T.GRANT): _S.RUNNING,
     (_S.RUNNING, _T.COMPLETE): _S.COMPLETED,
     (_S.RUNNING, _T.FAIL): _S.FAILED,
     (_S.RUNNING, _T.BACK_OFF): _S.BACKING_OFF,

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from pipeline.core.deployment import DeploymentLimit
 from pipeline.core.model import QueueId, validate_limit_key, validate_scope
 from pipeline.errors import ConflictError, NotFoundError, ValidationError
 
@@ -180,14 +181,23 @@ class RuleSet:
 
     version: int = 0
     rules: tuple[LimitRule, ...] = ()
+    # Worker-pool caps, ordered by deployment; a separate kind of limit that shares
+    # the record so that every limit change is versioned the same way.
+    deployments: tuple[DeploymentLimit, ...] = ()
 
     def __post_init__(self) -> None:
         if self.version < 0:
             raise ValidationError(f"rule set version {self.version} must be >= 0")
         _check_unique_ids(self.rules, "the rule set")
+        names = [limit.deployment for limit in self.deployments]
+        if len(set(names)) != len(names):
+            raise ValidationError(f"deployments {names} appear more than once in the rule set")
 
     def rule(self, rule_id: str) -> LimitRule | None:
         return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+    def deployment_limit(self, deployment: str) -> DeploymentLimit | None:
+        return next((d for d in self.deployments if d.deployment == deployment), None)
 
 
 def put(ruleset: RuleSet, rules: Sequence[LimitRule], expected_version: int | None) -> RuleSet:
@@ -214,7 +224,7 @@ def put(ruleset: RuleSet, rules: Sequence[LimitRule], expected_version: int | No
     _check_unique_ids(rules, "the batch")
     by_id = {rule.id: rule for rule in ruleset.rules}
     by_id.update((rule.id, rule) for rule in rules)
-    return RuleSet(ruleset.version + 1, _ordered(by_id.values()))
+    return replace(ruleset, version=ruleset.version + 1, rules=_ordered(by_id.values()))
 
 
 def delete(ruleset: RuleSet, rule_id: str, expected_version: int | None) -> RuleSet:
@@ -226,7 +236,42 @@ def delete(ruleset: RuleSet, rule_id: str, expected_version: int | None) -> Rule
             f"limit rule {rule_id!r} does not exist (rule set version {ruleset.version}); "
             f"the rules are: {known}"
         )
-    return RuleSet(ruleset.version + 1, tuple(rule for rule in ruleset.rules if rule.id != rule_id))
+    return replace(
+        ruleset,
+        version=ruleset.version + 1,
+        rules=tuple(rule for rule in ruleset.rules if rule.id != rule_id),
+    )
+
+
+def put_deployment_limit(
+    ruleset: RuleSet, limit: DeploymentLimit, expected_version: int | None
+) -> RuleSet:
+    """The next version with `limit` set for its deployment."""
+    _check_version(ruleset, expected_version)
+    others = [d for d in ruleset.deployments if d.deployment != limit.deployment]
+    return replace(
+        ruleset,
+        version=ruleset.version + 1,
+        deployments=tuple(sorted([*others, limit], key=lambda d: d.deployment)),
+    )
+
+
+def delete_deployment_limit(
+    ruleset: RuleSet, deployment: str, expected_version: int | None
+) -> RuleSet:
+    """The next version without a cap on `deployment`; `NotFoundError` if it has none."""
+    _check_version(ruleset, expected_version)
+    if ruleset.deployment_limit(deployment) is None:
+        known = ", ".join(repr(d.deployment) for d in ruleset.deployments) or "none"
+        raise NotFoundError(
+            f"deployment {deployment!r} has no limit (rule set version {ruleset.version}); "
+            f"deployments with one: {known}"
+        )
+    return replace(
+        ruleset,
+        version=ruleset.version + 1,
+        deployments=tuple(d for d in ruleset.deployments if d.deployment != deployment),
+    )
 
 
 def _check_version(ruleset: RuleSet, expected_version: int | None) -> None:

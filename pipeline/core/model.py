@@ -12,7 +12,7 @@ Headers = tuple[tuple[str, bytes], ...]
 
 _SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _LIMIT_KEY_PART = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 
 DEFAULT_PRIORITY = 5
 
@@ -27,7 +27,7 @@ class Target:
 
     def __post_init__(self) -> None:
         for what, value in (("service", self.service), ("handler", self.handler)):
-            if not _NAME.fullmatch(value):
+            if not NAME_PATTERN.fullmatch(value):
                 raise ValidationError(
                     f"{what} name {value!r} is not valid: use 1-128 of [A-Za-z0-9_.-], "
                     "starting with a letter or _"
@@ -165,6 +165,26 @@ class ResumeInvocation:
     def __post_init__(self) -> None:
         if not self.invocation_id:
             raise ValidationError("invocation id must not be empty")
+
+
+class CapacityKind(StrEnum):
+    DEMAND = "demand"  # to the home: `partition` asks for `count` more units
+    GRANT = "grant"  # to `partition`: `count` units for its awaiting invocations
+    RELEASE = "release"  # to the home: `count` units came back
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityMessage:
+    """Scheduler to scheduler, about a deployment's cap (`pipeline.core.deployment`).
+
+    Like a resume command it travels on `invocations`, on the partition that must act
+    on it: the deployment's home for demands and releases, the asking one for grants.
+    """
+
+    kind: CapacityKind
+    deployment: str
+    partition: int
+    count: int
 
 
 class EntryKind(StrEnum):

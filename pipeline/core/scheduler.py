@@ -61,7 +61,15 @@ class Admitted:
     invocation_id: str
 
 
-Event = InvocationArrived | JournalArrived | TimerDue | ResumeRequested | Admitted
+@dataclass(frozen=True, slots=True)
+class CapacityGranted:
+    """`deployment` granted the invocation a unit of its cap (`pipeline.core.deployment`)."""
+
+    invocation_id: str
+    deployment: str
+
+
+Event = InvocationArrived | JournalArrived | TimerDue | ResumeRequested | Admitted | CapacityGranted
 
 # Effects
 
@@ -105,7 +113,30 @@ class Ignored:
     reason: str
 
 
-Effect = Dispatch | EmitResult | AppendFence | SendInvocation | DeadLetter | Ignored
+@dataclass(frozen=True, slots=True)
+class RequestCapacity:
+    """Ask the deployment's home partition for one unit of its cap."""
+
+    deployment: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseCapacity:
+    """Give one unit of the deployment's cap back: the attempt holding it ended."""
+
+    deployment: str
+
+
+Effect = (
+    Dispatch
+    | EmitResult
+    | AppendFence
+    | SendInvocation
+    | RequestCapacity
+    | ReleaseCapacity
+    | DeadLetter
+    | Ignored
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +150,9 @@ class DecisionContext:
     # False when the queue's scope has a shared budget: then only the shell's pump
     # starts work, since it alone sees every queue competing for that budget.
     direct_start: bool = True
+    # The deployment of the invocation's service when it has a cap: then an admitted
+    # invocation awaits a unit of that cap before its attempt starts.
+    capped_deployment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +193,8 @@ def decide(
             if invocation is None or invocation.status is not InvocationStatus.PENDING:
                 return Decision(effects=(Ignored("only a pending invocation can be admitted"),))
             return _start(invocation, queue, ctx)
+        case CapacityGranted(deployment=deployment):
+            return _granted(invocation, queue, deployment, ctx)
 
 
 def _arrived(
@@ -214,15 +250,8 @@ def _enqueue_and_start(pending: Invocation, queue: VirtualQueue, ctx: DecisionCo
 
 
 def _start(pending: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> Decision:
-    attempt = pending.attempt + 1
-    running = pending.evolve(
-        status=transition(pending.status, Transition.ADMIT),
-        attempt=attempt,
-        wake_at_ms=ctx.now_ms + ctx.lease_timeout_ms,
-        fence_requested=False,
-        first_started_at_ms=pending.first_started_at_ms or ctx.now_ms,
-    )
-    order = DispatchOrder(pending.request, attempt, pending.journal)
+    """The queue admits `pending`: it takes a slot and a rate token, then runs or, under
+    a deployment cap, awaits a unit of it."""
     rate = ctx.rule.rate_per_s if ctx.rule is not None else None
     tat = (
         gcra_started(RateState(queue.rate_tat_ms), rate, ctx.now_ms).tat_ms
@@ -230,7 +259,49 @@ def _start(pending: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> De
         else queue.rate_tat_ms
     )
     admitted = replace(queue, queued=queue.queued - 1, running=queue.running + 1, rate_tat_ms=tat)
-    return Decision(running, admitted, (Dispatch(order),))
+    deployment = ctx.capped_deployment
+    if deployment is None:
+        return _run(pending, Transition.ADMIT, admitted, ctx)
+    awaiting = pending.evolve(
+        status=transition(pending.status, Transition.RESERVE),
+        deployment=deployment,
+        awaiting_since_ms=ctx.now_ms,
+        wake_at_ms=None,
+    )
+    admitted = replace(admitted, awaiting_capacity=admitted.awaiting_capacity + 1)
+    return Decision(awaiting, admitted, (RequestCapacity(deployment),))
+
+
+def _granted(
+    invocation: Invocation | None, queue: VirtualQueue, deployment: str, ctx: DecisionContext
+) -> Decision:
+    if invocation is None or invocation.status is not InvocationStatus.AWAITING_CAPACITY:
+        # Cannot happen while each demand is granted once; if it does, the unit goes
+        # back, or the deployment would lose it for good.
+        return Decision(
+            effects=(
+                Ignored("only an invocation awaiting capacity takes it"),
+                ReleaseCapacity(deployment),
+            )
+        )
+    queue = replace(queue, awaiting_capacity=max(0, queue.awaiting_capacity - 1))
+    holding = invocation.evolve(deployment=deployment, awaiting_since_ms=None)
+    return _run(holding, Transition.GRANT, queue, ctx)
+
+
+def _run(
+    invocation: Invocation, move: Transition, queue: VirtualQueue, ctx: DecisionContext
+) -> Decision:
+    attempt = invocation.attempt + 1
+    running = invocation.evolve(
+        status=transition(invocation.status, move),
+        attempt=attempt,
+        wake_at_ms=ctx.now_ms + ctx.lease_timeout_ms,
+        fence_requested=False,
+        first_started_at_ms=invocation.first_started_at_ms or ctx.now_ms,
+    )
+    order = DispatchOrder(invocation.request, attempt, invocation.journal)
+    return Decision(running, queue, (Dispatch(order),))
 
 
 def _journal(
@@ -275,8 +346,11 @@ def _journal(
                 wake_at_ms=ctx.now_ms + ctx.retention_ms,
                 fence_requested=False,
                 finished_at_ms=ctx.now_ms,
+                deployment=None,
             )
-            return Decision(done, _release(queue), (EmitResult(_result(done)),))
+            return Decision(
+                done, _release(queue), (*_capacity_back(invocation), EmitResult(_result(done)))
+            )
         case AttemptFailed(failure=failure, retry_after_ms=retry_after_ms, hold_queue=hold):
             if hold and retry_after_ms is not None:
                 until = ctx.now_ms + retry_after_ms
@@ -301,26 +375,27 @@ def _failed(
         if failure.terminal
         else after_failure(policy, invocation.attempt, ctx.jitter, retry_after_ms)
     )
-    base = invocation.evolve(last_failure=failure, fence_requested=False)
+    base = invocation.evolve(last_failure=failure, fence_requested=False, deployment=None)
+    given_back = _capacity_back(invocation)
     match decision:
         case RetryAfter(delay_ms=delay):
             backing_off = base.evolve(
                 status=transition(invocation.status, Transition.BACK_OFF),
                 wake_at_ms=ctx.now_ms + delay,
             )
-            return Decision(backing_off, released)
+            return Decision(backing_off, released, given_back)
         case Exhausted(then=OnExhausted.PAUSE) if not failure.terminal:
             paused = base.evolve(
                 status=transition(invocation.status, Transition.EXHAUST), wake_at_ms=None
             )
-            return Decision(paused, released)
+            return Decision(paused, released, given_back)
         case _:
             failed = base.evolve(
                 status=transition(invocation.status, Transition.FAIL),
                 wake_at_ms=ctx.now_ms + ctx.retention_ms,
                 finished_at_ms=ctx.now_ms,
             )
-            return Decision(failed, released, (EmitResult(_result(failed)),))
+            return Decision(failed, released, (*given_back, EmitResult(_result(failed))))
 
 
 def _timer(invocation: Invocation | None, queue: VirtualQueue, ctx: DecisionContext) -> Decision:
@@ -342,6 +417,12 @@ def _timer(invocation: Invocation | None, queue: VirtualQueue, ctx: DecisionCont
         )
         return _enqueue_and_start(pending, queue, ctx)
     return Decision(effects=(Ignored(f"no timer action in status {invocation.status.value}"),))
+
+
+def _capacity_back(invocation: Invocation) -> tuple[Effect, ...]:
+    """The unit of deployment capacity the ending attempt held, given back."""
+    deployment = invocation.deployment
+    return () if deployment is None else (ReleaseCapacity(deployment),)
 
 
 def _release(queue: VirtualQueue) -> VirtualQueue:

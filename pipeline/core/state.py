@@ -16,7 +16,8 @@ class Invocation:
     dispatch. `wake_at_ms` is the single timer an invocation can have: the lease of the
     running attempt, the end of a backoff, or, once finished, the end of its retention.
     `fence_requested` marks a lease fence that was written to the journal and is not
-    read back yet.
+    read back yet. `deployment` names the deployment whose capacity the invocation
+    awaits (since `awaiting_since_ms`) or its running attempt holds; None otherwise.
     """
 
     request: InvocationRequest
@@ -30,6 +31,8 @@ class Invocation:
     finished_at_ms: int | None = None
     last_failure: Failure | None = None
     output: bytes | None = None
+    deployment: str | None = None
+    awaiting_since_ms: int | None = None
 
     @property
     def id(self) -> str:
@@ -47,10 +50,12 @@ class Invocation:
 class VirtualQueue:
     """Counts of one virtual queue; `next_seq` orders entries FIFO within a priority.
 
-    `rate_tat_ms` is the GCRA state of the queue's rate limit; `vfinish` its fair-share
-    finish tag within its scope (`pipeline.core.fair_share`). A queue with nothing
-    queued or running and no rate debt left is dropped from state, so idle queues cost
-    nothing.
+    `running` counts every invocation the queue admitted that has not ended, including
+    those still awaiting their deployment's capacity (`awaiting_capacity` of them): the
+    queue's slot is theirs from admission on. `rate_tat_ms` is the GCRA state of the
+    queue's rate limit; `vfinish` its fair-share finish tag within its scope
+    (`pipeline.core.fair_share`). A queue with nothing queued or running and no rate
+    debt left is dropped from state, so idle queues cost nothing.
     """
 
     id: QueueId
@@ -60,6 +65,7 @@ class VirtualQueue:
     rate_tat_ms: float = 0.0
     paused_until_ms: int | None = None
     vfinish: float = 0.0
+    awaiting_capacity: int = 0  # of `running`: admitted, waiting for deployment capacity
 
     def is_idle_at(self, now_ms: int) -> bool:
         return (

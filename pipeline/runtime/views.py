@@ -28,6 +28,7 @@ from confluent_kafka import (
 )
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.deployment import DeploymentLoad
 from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.limits import RuleSet
 from pipeline.core.model import ServiceDefinition
@@ -35,6 +36,7 @@ from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import DecodeError, NotFoundError, RetryableError
 from pipeline.runtime.limit_rules import decode_record, newest
 from pipeline.runtime.scheduler.partition_state import (
+    DEPLOYMENT_PREFIX,
     INVOCATION_PREFIX,
     QUEUE_PREFIX,
     SCOPE_PREFIX,
@@ -258,6 +260,11 @@ class SchedulerStateView(_CompactedTopicView):
         self._invocations: dict[str, Invocation] = {}
         self._queues: dict[str, VirtualQueue] = {}
         self._scopes: dict[str, ScopeLoad] = {}
+        self._deployments: dict[str, DeploymentLoad] = {}
+
+    def deployment_load(self, deployment: str) -> DeploymentLoad | None:
+        with self._lock:
+            return self._deployments.get(deployment)
 
     def scope_load(self, scope: str) -> ScopeLoad | None:
         with self._lock:
@@ -289,8 +296,13 @@ class SchedulerStateView(_CompactedTopicView):
         elif key.startswith(SCOPE_PREFIX):
             load = None if value is None else self._codec.decode_scope_load(value)
             _put(self._lock, self._scopes, key.removeprefix(SCOPE_PREFIX), load)
+        elif key.startswith(DEPLOYMENT_PREFIX):
+            d_load = None if value is None else self._codec.decode_deployment_load(value)
+            _put(self._lock, self._deployments, key.removeprefix(DEPLOYMENT_PREFIX), d_load)
         else:
-            raise DecodeError(f"key {key!r} is none of i/<invocation id>, q/<queue id>, s/<scope>")
+            raise DecodeError(
+                f"key {key!r} is none of i/<invocation id>, q/<queue id>, s/<scope>, d/<deployment>"
+            )
 
 
 class ServiceCatalogView(_CompactedTopicView):

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from admin_api import create_app
+from pipeline.core.deployment import DeploymentLoad
 from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import (
@@ -38,6 +39,7 @@ class InvocationTable:
     ) -> None:
         self._by_id = {invocation.id: invocation for invocation in invocations}
         self._queues = {str(queue.id): queue for queue in queues}
+        self.deployments: dict[str, DeploymentLoad] = {}
 
     def invocation(self, invocation_id: str) -> Invocation | None:
         return self._by_id.get(invocation_id)
@@ -47,6 +49,9 @@ class InvocationTable:
 
     def queues(self) -> list[VirtualQueue]:
         return [self._queues[key] for key in sorted(self._queues)]
+
+    def deployment_load(self, deployment: str) -> DeploymentLoad | None:
+        return self.deployments.get(deployment)
 
     def scope_load(self, scope: str) -> ScopeLoad | None:
         load = ScopeLoad(scope)
@@ -426,6 +431,8 @@ def test_openapi_documents_every_route_with_a_summary() -> None:
         "/limits/rules/{rule_id}",
         "/queues",
         "/queues/{scope}/{limit_key}",
+        "/deployments",
+        "/deployments/{name}/limits",
     }
     for path, operations in paths.items():
         for method, operation in operations.items():

@@ -165,6 +165,7 @@ def test_a_pending_invocation_shows_its_place_in_the_queue() -> None:
         "blocker": "concurrency",
         "blocker_rule_id": "acme",
         "blocker_level": "queue",
+        "deployment": None,
         "blocked_until": None,
     }
 

@@ -25,6 +25,7 @@ from pipeline.core.model import (
 )
 from pipeline.core.scheduler import (
     AppendFence,
+    CapacityGranted,
     DeadLetter,
     DecisionContext,
     Dispatch,
@@ -33,6 +34,8 @@ from pipeline.core.scheduler import (
     Ignored,
     InvocationArrived,
     JournalArrived,
+    ReleaseCapacity,
+    RequestCapacity,
     ResumeRequested,
     TimerDue,
     decide,
@@ -56,6 +59,7 @@ class Driver:
     queues: dict[str, VirtualQueue] = field(default_factory=dict)
     effects: list[object] = field(default_factory=list)
     forgotten: set[str] = field(default_factory=set)
+    capped: str | None = None  # the deployment with a cap, when there is one
 
     def send(self, event: Event, invocation_id: str) -> list[object]:
         invocation = self.invocations.get(invocation_id)
@@ -64,7 +68,10 @@ class Driver:
         qid = queue_id.queue_id if queue_id is not None else TARGET_QUEUE
         queue = self.queues.get(str(qid), VirtualQueue(qid))
         decision = decide(
-            invocation, queue, event, DecisionContext(self.now, self.handler, LEASE, 0.5)
+            invocation,
+            queue,
+            event,
+            DecisionContext(self.now, self.handler, LEASE, 0.5, capped_deployment=self.capped),
         )
         if decision.forget:
             del self.invocations[invocation_id]
@@ -278,3 +285,63 @@ def test_invariants_hold_for_any_event_sequence(steps: list[tuple[object, ...]])
         for inv in d.invocations.values():
             assert [e.index for e in inv.journal] == list(range(len(inv.journal)))
             assert inv.attempt <= HANDLER.retry.max_attempts
+
+
+def test_under_a_deployment_cap_an_admitted_invocation_awaits_a_unit() -> None:
+    d = Driver(now=50, capped="Greeter")
+    [effect] = d.arrive("a")
+    assert effect == RequestCapacity("Greeter")
+    inv = d.invocations["a"]
+    assert inv.status is InvocationStatus.AWAITING_CAPACITY and inv.attempt == 0
+    assert inv.deployment == "Greeter" and inv.awaiting_since_ms == 50
+    assert inv.wake_at_ms is None  # no lease before the attempt starts
+    queue = d.queues[str(TARGET_QUEUE)]
+    # It holds its queue's slot from admission on.
+    assert (queue.queued, queue.running, queue.awaiting_capacity) == (0, 1, 1)
+
+
+def test_a_granted_unit_starts_the_attempt_and_its_end_gives_the_unit_back() -> None:
+    d = Driver(now=50, capped="Greeter")
+    d.arrive("a")
+    d.now = 80
+    [dispatch] = d.send(CapacityGranted("a", "Greeter"), "a")
+    assert isinstance(dispatch, Dispatch) and dispatch.order.attempt == 1
+    inv = d.invocations["a"]
+    assert inv.status is InvocationStatus.RUNNING and inv.wake_at_ms == 80 + LEASE
+    assert inv.deployment == "Greeter" and inv.awaiting_since_ms is None
+    queue = d.queues[str(TARGET_QUEUE)]
+    assert (queue.running, queue.awaiting_capacity) == (1, 0)
+    effects = d.journal(AttemptCompleted("a", 1, b"1"))
+    assert effects[0] == ReleaseCapacity("Greeter") and isinstance(effects[1], EmitResult)
+    assert d.invocations["a"].deployment is None
+
+
+def test_a_failed_or_fenced_attempt_gives_its_unit_back_and_the_retry_asks_again() -> None:
+    d = Driver(capped="Greeter")
+    d.arrive("a")
+    d.send(CapacityGranted("a", "Greeter"), "a")
+    failed = d.journal(AttemptFailed("a", 1, Failure("boom", "RuntimeError")))
+    assert failed == [ReleaseCapacity("Greeter")]
+    assert d.invocations["a"].status is InvocationStatus.BACKING_OFF
+    d.now = 10_000
+    assert d.timers() == [RequestCapacity("Greeter")]
+    d.send(CapacityGranted("a", "Greeter"), "a")
+    d.now += LEASE
+    [fence] = d.timers()
+    assert isinstance(fence, AppendFence)
+    assert d.journal(fence.fence) == [ReleaseCapacity("Greeter")]
+
+
+def test_a_unit_no_awaiting_invocation_takes_goes_back() -> None:
+    d = Driver()
+    d.arrive("a")  # running without a cap
+    effects = d.send(CapacityGranted("a", "Greeter"), "a")
+    assert ReleaseCapacity("Greeter") in effects
+    assert not any(isinstance(e, Dispatch) for e in effects)
+
+
+def test_without_a_cap_an_attempt_holds_no_unit() -> None:
+    d = Driver()
+    d.arrive("a")
+    assert d.invocations["a"].deployment is None
+    assert d.journal(AttemptCompleted("a", 1, b"1"))[0].__class__ is EmitResult

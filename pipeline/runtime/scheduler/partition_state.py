@@ -12,9 +12,12 @@ Row layout, every key after the partition's two-byte prefix:
     i {id}                       invocation state (the changelog value)
     q {queue}                    queue state (the changelog value)
     s {scope}                    scope load (the changelog value)
+    d {deployment}               deployment load, on its home partition (the changelog value)
     w {queue} 0x00 {prio}{seq}   -> id: waiting order of a queue (derived)
     t {at_ms}{id}                invocation timers (derived)
     k {at_ms}{queue}             when a throttled queue may start again (derived)
+    a {deployment} 0x00 {prio}{since_ms}{id}
+                                 -> id: invocations awaiting deployment capacity (derived)
 
 Derived rows are kept in step with the state rows they come from, so nothing needs
 rebuilding in memory on restart: recovery reads the changelog from the checkpoint on.
@@ -33,6 +36,7 @@ from typing import TypeVar
 from rocksdict import WriteBatch
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.deployment import DeploymentLoad
 from pipeline.core.fair_share import ScopeLoad, arrival_tag
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import QueueId
@@ -44,12 +48,14 @@ log = logging.getLogger(__name__)
 INVOCATION_PREFIX = "i/"
 QUEUE_PREFIX = "q/"
 SCOPE_PREFIX = "s/"
+DEPLOYMENT_PREFIX = "d/"
 
 _CACHE_ROWS = 10_000
 _FLOORS = 50_000
 _PRUNE_MAX = 1_000
 
 _T = TypeVar("_T")
+_Row = Invocation | VirtualQueue | ScopeLoad | DeploymentLoad
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +78,17 @@ class PartitionState:
         self._db = store.db
         self._codec = codec
         self._p = partition_prefix(partition)
-        self._cache: OrderedDict[bytes, Invocation | VirtualQueue | ScopeLoad] = OrderedDict()
+        self._cache: OrderedDict[bytes, _Row] = OrderedDict()
         self._invocations: dict[str, Invocation | None] = {}
         self._queues: dict[QueueId, VirtualQueue | None] = {}
         self._scopes: dict[str, ScopeLoad | None] = {}
+        self._deployments: dict[str, DeploymentLoad | None] = {}
         self._index: dict[bytes, bytes | None] = {}
         # Changelog values read while restoring, written to RocksDB as they are.
         self._raw: dict[str, bytes | None] = {}
         self._created: set[bytes] = set()
         self._new_waiting: dict[QueueId, list[bytes]] = {}
+        self._new_awaiting: dict[str, list[bytes]] = {}
         self._new_timers: list[bytes] = []
         self._new_wakes: list[bytes] = []
         # Per index prefix, a key below which nothing live is stored. Consumed entries
@@ -128,6 +136,21 @@ class PartitionState:
         stored = self._committed(self._p + b"s" + scope.encode(), self._codec.decode_scope_load)
         return stored or ScopeLoad(scope)
 
+    def deployment_load(self, deployment: str) -> DeploymentLoad:
+        if deployment in self._deployments:
+            return self._deployments[deployment] or DeploymentLoad(deployment)
+        stored = self._committed(
+            self._p + b"d" + deployment.encode(), self._codec.decode_deployment_load
+        )
+        return stored or DeploymentLoad(deployment)
+
+    def deployments_homed(self) -> list[str]:
+        """The deployments whose capacity this partition counts, with units out or asked."""
+        prefix = self._p + b"d"
+        found = {key[3:].decode() for key in self._scan(prefix, prefix)}
+        found.update(d for d, load in self._deployments.items() if load is not None)
+        return sorted(found)
+
     def queues_of_scope(self, scope: str) -> list[VirtualQueue]:
         """The queues of `scope` with work waiting."""
         prefix = self._p + b"q" + scope.encode() + b"/"
@@ -162,7 +185,7 @@ class PartitionState:
         self._remember(key, value)  # type: ignore[arg-type]
         return value
 
-    def _remember(self, key: bytes, value: Invocation | VirtualQueue | ScopeLoad) -> None:
+    def _remember(self, key: bytes, value: _Row) -> None:
         self._cache[key] = value
         self._cache.move_to_end(key)
         if len(self._cache) > _CACHE_ROWS:
@@ -171,8 +194,16 @@ class PartitionState:
     def waiting_head(self, queue_id: QueueId) -> str | None:
         """The pending invocation that starts next in this queue, if any."""
         prefix = self._p + b"w" + str(queue_id).encode() + b"\x00"
+        return self._head(prefix, self._new_waiting.get(queue_id, []))
+
+    def awaiting_head(self, deployment: str) -> str | None:
+        """The invocation that takes the next unit of `deployment`'s capacity, if any."""
+        prefix = self._p + b"a" + deployment.encode() + b"\x00"
+        return self._head(prefix, self._new_awaiting.get(deployment, []))
+
+    def _head(self, prefix: bytes, new_keys: list[bytes]) -> str | None:
         stored = self._first_live(prefix)
-        new = self._first_new(self._new_waiting.get(queue_id, []))
+        new = self._first_new(new_keys)
         candidates = [k for k in (stored, new) if k is not None]
         if not candidates:
             return None
@@ -237,20 +268,23 @@ class PartitionState:
     def put_scope(self, load: ScopeLoad, now_ms: int) -> None:
         self._scopes[load.scope] = None if load.is_idle_at(now_ms) else load
 
+    def put_deployment_load(self, load: DeploymentLoad) -> None:
+        self._deployments[load.deployment] = None if load.is_idle else load
+
     def _reindex(self, old: Invocation | None, new: Invocation | None) -> None:
         old_waiting, new_waiting = self._waiting_key(old), self._waiting_key(new)
         if old_waiting != new_waiting:
-            if old_waiting in self._created:
-                # Never stored, so it needs no delete: most invocations wait for no
-                # batch at all, and each delete would leave a tombstone behind.
-                del self._index[old_waiting]
-            elif old_waiting is not None:
-                self._index[old_waiting] = None
+            self._unindex(old_waiting)
             if new_waiting is not None and new is not None:
                 # New: a waiting key carries the queue sequence number taken on entry.
-                self._created.add(new_waiting)
-                self._index[new_waiting] = new.id.encode()
+                self._index_new(new_waiting, new.id)
                 heapq.heappush(self._new_waiting.setdefault(new.queue_id, []), new_waiting)
+        old_awaiting, new_awaiting = self._awaiting_key(old), self._awaiting_key(new)
+        if old_awaiting != new_awaiting:
+            self._unindex(old_awaiting)
+            if new_awaiting is not None and new is not None and new.deployment is not None:
+                self._index_new(new_awaiting, new.id)
+                heapq.heappush(self._new_awaiting.setdefault(new.deployment, []), new_awaiting)
         # A timer row is not deleted when its invocation's wake time moves on: a delete
         # amid the index leaves a tombstone that every later seek wades through. Stale
         # rows are dropped when they reach the front (`pop_due`, `next_wake_ms`).
@@ -260,6 +294,35 @@ class PartitionState:
         if new_timer is not None:
             self._index[new_timer] = b""
             heapq.heappush(self._new_timers, new_timer)
+
+    def _unindex(self, key: bytes | None) -> None:
+        if key in self._created:
+            # Never stored, so it needs no delete: most invocations wait for no batch
+            # at all, and each delete would leave a tombstone behind.
+            del self._index[key]
+        elif key is not None:
+            self._index[key] = None
+
+    def _index_new(self, key: bytes, invocation_id: str) -> None:
+        self._created.add(key)
+        self._index[key] = invocation_id.encode()
+
+    def _awaiting_key(self, invocation: Invocation | None) -> bytes | None:
+        if (
+            invocation is None
+            or invocation.status is not InvocationStatus.AWAITING_CAPACITY
+            or invocation.deployment is None
+        ):
+            return None
+        return (
+            self._p
+            + b"a"
+            + invocation.deployment.encode()
+            + b"\x00"
+            + bytes([invocation.request.priority])
+            + _time(invocation.awaiting_since_ms or 0)
+            + invocation.id.encode()
+        )
 
     def _waiting_key(self, invocation: Invocation | None) -> bytes | None:
         if invocation is None or invocation.status is not InvocationStatus.PENDING:
@@ -420,6 +483,13 @@ class PartitionState:
             else:
                 encoded = None if load is None else self._codec.encode_scope_load(load)
                 writes.append(ChangelogWrite(key, encoded))
+        for deployment, d_load in self._deployments.items():
+            key = DEPLOYMENT_PREFIX + deployment
+            if key in self._raw:
+                writes.append(ChangelogWrite(key, self._raw[key]))
+            else:
+                value = None if d_load is None else self._codec.encode_deployment_load(d_load)
+                writes.append(ChangelogWrite(key, value))
         return writes
 
     def changed_queues(self) -> list[tuple[QueueId, VirtualQueue | None]]:
@@ -453,6 +523,9 @@ class PartitionState:
         for scope, load in self._scopes.items():
             if load is not None:
                 self._remember(self._p + b"s" + scope.encode(), load)
+        for deployment, d_load in self._deployments.items():
+            if d_load is not None:
+                self._remember(self._p + b"d" + deployment.encode(), d_load)
         self._clear_batch()
 
     def discard(self) -> None:
@@ -468,15 +541,17 @@ class PartitionState:
         self._invocations.clear()
         self._queues.clear()
         self._scopes.clear()
+        self._deployments.clear()
         self._index.clear()
         self._raw.clear()
         self._created.clear()
         self._new_waiting.clear()
+        self._new_awaiting.clear()
         self._new_timers.clear()
         self._new_wakes.clear()
 
     def _row_key(self, changelog_key: str) -> bytes:
-        # The changelog's "i/", "q/" and "s/" become the one-byte tags i, q and s.
+        # The changelog's "i/", "q/", "s/" and "d/" become the one-byte tags i, q, s, d.
         return self._p + changelog_key[0].encode() + changelog_key[2:].encode()
 
     # -- checkpoint ------------------------------------------------------------------
@@ -512,12 +587,18 @@ class PartitionState:
             scope = text[len(SCOPE_PREFIX) :]
             self._scopes[scope] = None if value is None else self._codec.decode_scope_load(value)
             self._raw[text] = value
+        elif text.startswith(DEPLOYMENT_PREFIX):
+            deployment = text[len(DEPLOYMENT_PREFIX) :]
+            self._deployments[deployment] = (
+                None if value is None else self._codec.decode_deployment_load(value)
+            )
+            self._raw[text] = value
         else:
             log.warning("skipping changelog record with unknown key %r", text)
 
 
 def _index_prefix(key: bytes) -> bytes:
-    if key[2:3] == b"w":
+    if key[2:3] in (b"w", b"a"):
         return key[: key.index(b"\x00", 3) + 1]
     return key[:3]
 

@@ -41,6 +41,7 @@ from pipeline.core.limits import (
     RuleSet,
 )
 from pipeline.core.model import (
+    CapacityMessage,
     HandlerDefinition,
     QueueId,
     QueueSnapshot,
@@ -51,6 +52,7 @@ from pipeline.core.partitioning import partition_for
 from pipeline.core.scheduler import (
     Admitted,
     AppendFence,
+    CapacityGranted,
     DeadLetter,
     Decision,
     DecisionContext,
@@ -60,6 +62,8 @@ from pipeline.core.scheduler import (
     Ignored,
     InvocationArrived,
     JournalArrived,
+    ReleaseCapacity,
+    RequestCapacity,
     ResumeRequested,
     SendInvocation,
     TimerDue,
@@ -68,6 +72,7 @@ from pipeline.core.scheduler import (
 from pipeline.errors import DecodeError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.limit_rules import LimitRuleReader
+from pipeline.runtime.scheduler.capacity import CapacityExchange
 from pipeline.runtime.scheduler.partition_state import ChangelogWrite, Checkpoint, PartitionState
 from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
 from pipeline.runtime.scheduler.restore import restore
@@ -104,6 +109,7 @@ class SchedulerProcessor:
         # Per partition, the offset after its last changelog record Kafka acknowledged:
         # the checkpoint stored with each batch.
         self._changelog_end: dict[int, int] = {}
+        self._capacity = CapacityExchange(settings.runtime_partitions)
 
     # -- configuration ---------------------------------------------------------------
 
@@ -151,6 +157,11 @@ class SchedulerProcessor:
             "socket.nagle.disable": True,
         }
 
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The partitions this process holds now."""
+        return frozenset(self._states)
+
     # -- the loop --------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
@@ -187,7 +198,9 @@ class SchedulerProcessor:
                 wake = self._next_wake_ms()
                 batch = self._next_batch(consumer, wake)
                 now = self._clock()
-                pending = any(s.pump_pending for s in self._states.values())
+                pending = self._capacity.pending or any(
+                    s.pump_pending for s in self._states.values()
+                )
                 if batch or pending or (wake is not None and wake <= now):
                     self._process(consumer, producer, batch, now)
         finally:
@@ -220,6 +233,7 @@ class SchedulerProcessor:
         # A raised limit or an unpause wakes parked work at once.
         for state in self._states.values():
             state.pump_after_rule_change(affected)
+        self._capacity.recount_all(self._states)
 
     def _admit_head(self, state: PartitionState, queue_id: QueueId, now: int) -> bool:
         head = state.waiting_head(queue_id)
@@ -245,6 +259,8 @@ class SchedulerProcessor:
                         self._apply(state, invocation_id, TimerDue(invocation_id), now)
             for state in list(self._states.values()):
                 pump(state, self._rules, now, self._admit_head)
+            self._capacity.settle(self._states, self._rules, self._start_granted(now))
+            self._capacity.flush(self._send_capacity)
             writes = self._write_changes(now)
             if self._offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
@@ -274,6 +290,7 @@ class SchedulerProcessor:
     def _rewind(self, consumer: Consumer) -> None:
         """After an abort, state and positions go back to the last committed batch."""
         self._offsets.clear()
+        self._capacity.discard()
         for state in self._states.values():
             state.discard()
         committed = consumer.committed(consumer.assignment(), timeout=30)
@@ -343,6 +360,9 @@ class SchedulerProcessor:
         if isinstance(record, ResumeInvocation):
             self._on_resume(state, record, now)
             return
+        if isinstance(record, CapacityMessage):
+            self._capacity.on_message(state, record, self._start_granted(now))
+            return
         request = record
         home = partition_for(request.partition_key, self._settings.runtime_partitions)
         if home != state.partition:
@@ -394,6 +414,11 @@ class SchedulerProcessor:
             retention_ms=self._settings.retention_ms,
             rule=self._rules.rule_for(request.queue_id),
             direct_start=self._rules.scope_rule_for(request.queue_id.scope) is None,
+            capped_deployment=(
+                request.target.service
+                if self._rules.deployment_limit(request.target.service) is not None
+                else None
+            ),
         )
         decision = decide(invocation, queue, event, context)
         self._store(state, invocation_id, decision, now)
@@ -443,6 +468,10 @@ class SchedulerProcessor:
                     )
                 case SendInvocation(encoded_request=encoded):
                     self._send_invocation(state, encoded)
+                case RequestCapacity(deployment=deployment):
+                    self._capacity.request(self._states, state.partition, deployment)
+                case ReleaseCapacity(deployment=deployment):
+                    self._capacity.release(self._states, state.partition, deployment)
                 case DeadLetter(reason=reason):
                     if source is not None:
                         self._dead_letter(source, reason)
@@ -467,6 +496,16 @@ class SchedulerProcessor:
             return
         home = partition_for(request.partition_key, self._settings.runtime_partitions)
         self._produce(topic, home, request.partition_key, encoded)
+
+    def _start_granted(self, now: int) -> Callable[[PartitionState, str, str], None]:
+        def start(state: PartitionState, invocation_id: str, deployment: str) -> None:
+            self._apply(state, invocation_id, CapacityGranted(invocation_id, deployment), now)
+
+        return start
+
+    def _send_capacity(self, partition: int, message: CapacityMessage) -> None:
+        key = "deployment:" + message.deployment
+        self._produce(self._names.invocations, partition, key, self._codec.encode_capacity(message))
 
     # -- output ----------------------------------------------------------------------
 

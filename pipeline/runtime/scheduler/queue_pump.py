@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from pipeline.core.admission import Blocked, admission
+from pipeline.core.deployment import DeploymentLimit
 from pipeline.core.fair_share import Contender, next_to_start, scope_admission, started
 from pipeline.core.limits import LimitRule, RuleSet, governing_rule, scope_rule, scopes_affected
 from pipeline.core.model import DEFAULT_PRIORITY, QueueId
@@ -38,6 +39,7 @@ class RulesInForce:
         self._rules: tuple[LimitRule, ...] = ()
         self._queue_rules: dict[QueueId, LimitRule | None] = {}
         self._scope_rules: dict[str, LimitRule | None] = {}
+        self._deployments: dict[str, DeploymentLimit] = {}
 
     def put(self, ruleset: RuleSet) -> frozenset[str] | None:
         """Apply `ruleset`; the scopes it may govern differently (None: possibly all)."""
@@ -54,6 +56,7 @@ class RulesInForce:
                 )
         affected = scopes_affected(self._rules, ruleset.rules)
         self._rules = ruleset.rules
+        self._deployments = {d.deployment: d for d in ruleset.deployments}
         self.version = ruleset.version
         self._queue_rules.clear()
         self._scope_rules.clear()
@@ -62,6 +65,10 @@ class RulesInForce:
     def rule_for(self, queue_id: QueueId) -> LimitRule | None:
         """The queue's own rule."""
         return _cached(self._queue_rules, queue_id, lambda q: governing_rule(self._rules, q))
+
+    def deployment_limit(self, deployment: str) -> DeploymentLimit | None:
+        """The cap on the pool of workers serving the service `deployment`."""
+        return self._deployments.get(deployment)
 
     def scope_rule_for(self, scope: str) -> LimitRule | None:
         """The budget of the scope as a whole."""
