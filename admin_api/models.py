@@ -99,7 +99,8 @@ class WaitingModel(_Response):
 class InvocationResponse(_Response):
     id: str
     status: str = Field(
-        description="pending, awaiting-capacity, running, backing-off, paused, completed or failed."
+        description="pending, awaiting-capacity, running, suspended (awaiting a call's "
+        "result), backing-off, paused, completed or failed."
     )
     target: TargetModel
     attempts: int = Field(description="Number of the current or last attempt; 0 before the first.")
@@ -263,8 +264,9 @@ class LimitRuleModel(_Response):
     )
     hold_while_suspended: bool = Field(
         default=False,
-        description="True: a suspended invocation keeps its concurrency slot. Stored, not "
-        "yet in effect: invocations cannot suspend yet.",
+        description="True: an invocation suspended on a `ctx.service_call` keeps its "
+        "queue's concurrency slot and resumes without admission; false: the slot goes to "
+        "the next invocation and the resumed one waits its turn again.",
     )
     paused: bool = Field(default=False, description="True: the queues start nothing.")
 

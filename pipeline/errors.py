@@ -72,3 +72,16 @@ class LeaseLost(BaseException):
     A `BaseException` so that a handler's `except Exception` cannot swallow it; the
     scheduler fences the attempt and runs the next one from the journal.
     """
+
+
+class Suspended(BaseException):
+    """The handler awaits a call whose result is not in yet: the attempt ends here.
+
+    A `BaseException` so that a handler's `except Exception` cannot swallow it. The
+    worker reports the attempt suspended; the scheduler starts a new attempt, replaying
+    the journal, once the result of the call at `awaiting_index` is in.
+    """
+
+    def __init__(self, awaiting_index: int) -> None:
+        super().__init__(f"suspended until the result of call {awaiting_index} is in")
+        self.awaiting_index = awaiting_index

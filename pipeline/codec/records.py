@@ -21,6 +21,9 @@ from pipeline.core.model import (
     AttemptCompleted,
     AttemptFailed,
     AttemptFenced,
+    AttemptSuspended,
+    CallCompletion,
+    Caller,
     CapacityKind,
     CapacityMessage,
     DispatchOrder,
@@ -57,12 +60,14 @@ INVOCATION_STATE = "pipeline.v1.InvocationState"
 QUEUE_STATE = "pipeline.v1.VirtualQueueState"
 SCOPE_LOAD = "pipeline.v1.ScopeLoadState"
 CAPACITY = "pipeline.v1.CapacityMessage"
+CALL_COMPLETION = "pipeline.v1.CallCompletion"
 DEPLOYMENT_LOAD = "pipeline.v1.DeploymentLoadState"
 
 _ENTRY_APPENDED = "pipeline.v1.EntryAppended"
 _ATTEMPT_COMPLETED = "pipeline.v1.AttemptCompleted"
 _ATTEMPT_FAILED = "pipeline.v1.AttemptFailed"
 _ATTEMPT_FENCED = "pipeline.v1.AttemptFenced"
+_ATTEMPT_SUSPENDED = "pipeline.v1.AttemptSuspended"
 
 CONTENT_TYPE = "content-type"
 
@@ -108,6 +113,7 @@ class WireCodec:
         # earlier version must not be mistaken for a request.
         self._resume_fingerprints = frozenset(self.schemas.writer_fingerprints(RESUME))
         self._capacity_fingerprints = frozenset(self.schemas.writer_fingerprints(CAPACITY))
+        self._completion_fingerprints = frozenset(self.schemas.writer_fingerprints(CALL_COMPLETION))
 
     def _decode(self, name: str, data: bytes, build: Callable[[Avro], _T]) -> _T:
         record = self._decode_avro(name, data)
@@ -179,6 +185,17 @@ class WireCodec:
             {"invocation_id": command.invocation_id, "requested_at_ms": command.requested_at_ms},
         )
 
+    def encode_call_completion(self, completion: CallCompletion) -> bytes:
+        return self._encode(
+            CALL_COMPLETION,
+            {
+                "invocation_id": completion.invocation_id,
+                "entry_index": completion.entry_index,
+                "output": completion.output,
+                "failure": _failure_to_avro(completion.failure),
+            },
+        )
+
     def encode_capacity(self, message: CapacityMessage) -> bytes:
         return self._encode(
             CAPACITY,
@@ -199,10 +216,10 @@ class WireCodec:
         partition: int,
         offset: int,
         timestamp_ms: int,
-    ) -> InvocationRequest | ResumeInvocation | CapacityMessage:
-        """Any record of `invocations`: a resume command or a capacity message, told
-        apart by its writer fingerprint, else a request exactly as `decode_request`
-        reads it.
+    ) -> InvocationRequest | ResumeInvocation | CapacityMessage | CallCompletion:
+        """Any record of `invocations`: a resume command, a capacity message or a call
+        completion, told apart by its writer fingerprint, else a request exactly as
+        `decode_request` reads it.
 
         A JSON content-type wins, as in `decode_request`: JSON ingress only carries
         requests. Requests, the hot path, pay one slice and one set lookup.
@@ -219,6 +236,12 @@ class WireCodec:
             and not _declares_json(headers)
         ):
             return self._decode(CAPACITY, value, _capacity_from_avro)
+        if (
+            value[2:HEADER_SIZE] in self._completion_fingerprints
+            and value[:2] == MARKER
+            and not _declares_json(headers)
+        ):
+            return self._decode(CALL_COMPLETION, value, _completion_from_avro)
         return self.decode_request(
             value,
             headers=headers,
@@ -343,6 +366,8 @@ class WireCodec:
                 "output": invocation.output,
                 "deployment": invocation.deployment,
                 "awaiting_since_ms": invocation.awaiting_since_ms,
+                "awaiting_call": invocation.awaiting_call,
+                "holds_slot": invocation.holds_slot,
             },
         )
 
@@ -462,6 +487,15 @@ def _request_to_avro(request: InvocationRequest) -> Avro:
         "scope": request.scope,
         "limit_key": request.limit_key,
         "priority": request.priority,
+        "caller": None if request.caller is None else _caller_to_avro(request.caller),
+    }
+
+
+def _caller_to_avro(caller: Caller) -> Avro:
+    return {
+        "invocation_id": caller.invocation_id,
+        "partition_key": caller.partition_key,
+        "entry_index": caller.entry_index,
     }
 
 
@@ -494,6 +528,8 @@ def _journal_to_avro(record: JournalRecord) -> Avro:
             )
         case AttemptFenced():
             body = (_ATTEMPT_FENCED, {"reason": record.reason})
+        case AttemptSuspended():
+            body = (_ATTEMPT_SUSPENDED, {"awaiting_index": record.awaiting_index})
         case _:
             assert_never(record)
     return {"invocation_id": record.invocation_id, "attempt": record.attempt, "body": body}
@@ -557,6 +593,7 @@ def _request_from_avro(
         scope=record["scope"],
         limit_key=record["limit_key"],
         priority=record["priority"],
+        caller=None if record["caller"] is None else Caller(**record["caller"]),
     )
 
 
@@ -601,6 +638,8 @@ def _journal_from_avro(record: Avro) -> JournalRecord:
         )
     if branch == _ATTEMPT_FENCED:
         return AttemptFenced(invocation_id, attempt, body["reason"])
+    if branch == _ATTEMPT_SUSPENDED:
+        return AttemptSuspended(invocation_id, attempt, body["awaiting_index"])
     raise DecodeError(f"{JOURNAL}: unknown body {branch!r}")
 
 
@@ -693,6 +732,8 @@ def _invocation_from_avro(record: Avro) -> Invocation:
         output=record["output"],
         deployment=record["deployment"],
         awaiting_since_ms=record["awaiting_since_ms"],
+        awaiting_call=record["awaiting_call"],
+        holds_slot=record["holds_slot"],
     )
 
 
@@ -715,6 +756,15 @@ def _deployment_load_from_avro(record: Avro) -> DeploymentLoad:
         running=record["running"],
         demand=tuple((d["partition"], d["count"]) for d in record["demand"]),
         turn=record["turn"],
+    )
+
+
+def _completion_from_avro(record: Avro) -> CallCompletion:
+    return CallCompletion(
+        invocation_id=record["invocation_id"],
+        entry_index=record["entry_index"],
+        output=record["output"],
+        failure=_optional_failure(record["failure"]),
     )
 
 

@@ -16,6 +16,7 @@ class InvocationStatus(StrEnum):
     RUNNING = "running"  # an attempt is dispatched to a worker and holds a lease
     BACKING_OFF = "backing-off"  # the last attempt failed; the next waits for its timer
     PAUSED = "paused"  # retries exhausted under an on_exhausted=pause policy
+    SUSPENDED = "suspended"  # awaits a call's result, with no attempt running
     COMPLETED = "completed"
     FAILED = "failed"
 
@@ -34,6 +35,8 @@ class Transition(StrEnum):
     EXHAUST = "exhaust"  # retries exhausted under pause policy
     RETRY_DUE = "retry-due"  # backoff timer fired: back into the queue
     RESUME = "resume"  # operator resumed a paused invocation
+    SUSPEND = "suspend"  # the attempt ended awaiting a call's result
+    WAKE = "wake"  # the awaited result is in: back into the queue
 
 
 _S = InvocationStatus
@@ -50,6 +53,11 @@ TRANSITIONS: dict[tuple[InvocationStatus, Transition], InvocationStatus] = {
     (_S.BACKING_OFF, _T.RETRY_DUE): _S.PENDING,
     (_S.PAUSED, _T.RESUME): _S.PENDING,
     (_S.PAUSED, _T.FAIL): _S.FAILED,
+    (_S.RUNNING, _T.SUSPEND): _S.SUSPENDED,
+    (_S.SUSPENDED, _T.WAKE): _S.PENDING,
+    # Suspended holding its queue's slot (hold_while_suspended): no admission again.
+    (_S.SUSPENDED, _T.ADMIT): _S.RUNNING,
+    (_S.SUSPENDED, _T.RESERVE): _S.AWAITING_CAPACITY,
 }
 
 

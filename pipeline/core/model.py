@@ -101,6 +101,16 @@ def validate_priority(priority: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """The invocation that awaits this one's result (`ctx.service_call`): its id, its
+    partition key (where the result goes) and the index of its call's journal entry."""
+
+    invocation_id: str
+    partition_key: str
+    entry_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class InvocationRequest:
     """A request to run a handler once, as it arrives on the `invocations` topic."""
 
@@ -113,6 +123,7 @@ class InvocationRequest:
     scope: str | None = None
     limit_key: str | None = None
     priority: int = DEFAULT_PRIORITY
+    caller: Caller | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -190,6 +201,10 @@ class CapacityMessage:
 class EntryKind(StrEnum):
     RUN = "run"
     SEND = "send"  # a one-way invocation made by the handler; its value is the request
+    # A call whose result the handler awaits. The worker journals the request as its
+    # value; the scheduler sends it, keeps the entry without a value, and completes the
+    # entry with the callee's output or failure when the callee ends.
+    CALL = "call"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +225,11 @@ class JournalEntry:
     name: str
     value: bytes | None = None
     failure: Failure | None = None
+
+    @property
+    def is_pending_call(self) -> bool:
+        """A call whose callee has not ended yet."""
+        return self.kind is EntryKind.CALL and self.value is None and self.failure is None
 
 
 # What workers (and the scheduler's fences) append to the `journal` topic.
@@ -248,7 +268,31 @@ class AttemptFenced:
     reason: str
 
 
-JournalRecord = EntryAppended | AttemptCompleted | AttemptFailed | AttemptFenced
+@dataclass(frozen=True, slots=True)
+class AttemptSuspended:
+    """The handler awaits the call journaled at `awaiting_index`, which has no result
+    yet: the attempt ends without holding a worker, and the invocation resumes (a new
+    attempt replaying the journal) once the result is in."""
+
+    invocation_id: str
+    attempt: int
+    awaiting_index: int
+
+
+JournalRecord = EntryAppended | AttemptCompleted | AttemptFailed | AttemptFenced | AttemptSuspended
+
+
+@dataclass(frozen=True, slots=True)
+class CallCompletion:
+    """A callee ended: its output or failure completes its caller's call entry.
+
+    It travels on `invocations`, keyed by the caller's partition key, like a resume.
+    """
+
+    invocation_id: str  # the caller
+    entry_index: int
+    output: bytes | None = None
+    failure: Failure | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,9 @@ from pipeline.core.model import (
     AttemptCompleted,
     AttemptFailed,
     AttemptFenced,
+    AttemptSuspended,
+    CallCompletion,
+    Caller,
     DispatchOrder,
     EntryAppended,
     EntryKind,
@@ -69,7 +72,22 @@ class CapacityGranted:
     deployment: str
 
 
-Event = InvocationArrived | JournalArrived | TimerDue | ResumeRequested | Admitted | CapacityGranted
+@dataclass(frozen=True, slots=True)
+class CallCompleted:
+    """The callee of the invocation's call entry `completion.entry_index` ended."""
+
+    completion: CallCompletion
+
+
+Event = (
+    InvocationArrived
+    | JournalArrived
+    | TimerDue
+    | ResumeRequested
+    | Admitted
+    | CapacityGranted
+    | CallCompleted
+)
 
 # Effects
 
@@ -127,9 +145,18 @@ class ReleaseCapacity:
     deployment: str
 
 
+@dataclass(frozen=True, slots=True)
+class CompleteCall:
+    """The invocation ended and a caller awaits it: complete the caller's call entry."""
+
+    caller: Caller
+    completion: CallCompletion
+
+
 Effect = (
     Dispatch
     | EmitResult
+    | CompleteCall
     | AppendFence
     | SendInvocation
     | RequestCapacity
@@ -195,6 +222,8 @@ def decide(
             return _start(invocation, queue, ctx)
         case CapacityGranted(deployment=deployment):
             return _granted(invocation, queue, deployment, ctx)
+        case CallCompleted(completion=completion):
+            return _call_completed(invocation, queue, completion, ctx)
 
 
 def _arrived(
@@ -208,10 +237,7 @@ def _arrived(
     if ctx.handler is None:
         reason = f"no handler {request.target} is registered"
         failed = _refused(request, Failure(reason, "HandlerNotFound", terminal=True), ctx)
-        return Decision(
-            invocation=failed,
-            effects=(DeadLetter(reason), EmitResult(_result(failed))),
-        )
+        return Decision(invocation=failed, effects=(DeadLetter(reason), *_finished(failed)))
     rule = ctx.rule
     if rule is not None and rule.max_queued is not None and queue.queued >= rule.max_queued:
         reason = (
@@ -219,7 +245,7 @@ def _arrived(
             f"{rule.id!r} ({rule.pattern}) allows max_queued={rule.max_queued}"
         )
         rejected = _refused(request, Failure(reason, "QueueFull", terminal=True), ctx)
-        return Decision(invocation=rejected, effects=(EmitResult(_result(rejected)),))
+        return Decision(invocation=rejected, effects=_finished(rejected))
     pending = Invocation(request, InvocationStatus.PENDING)
     return _enqueue_and_start(pending, queue, ctx)
 
@@ -330,11 +356,12 @@ def _journal(
                 )
             # Any progress report renews the lease, unless a fence is already on its way.
             wake = None if invocation.fence_requested else ctx.now_ms + ctx.lease_timeout_ms
-            sends = (
-                (SendInvocation(entry.value),)
-                if entry.kind is EntryKind.SEND and entry.value is not None
-                else ()
-            )
+            sends: tuple[Effect, ...] = ()
+            if entry.kind in (EntryKind.SEND, EntryKind.CALL) and entry.value is not None:
+                sends = (SendInvocation(entry.value),)
+            if entry.kind is EntryKind.CALL:
+                # The request went out; the entry's value will be the callee's output.
+                entry = replace(entry, value=None, failure=None)
             return Decision(
                 invocation.evolve(journal=(*invocation.journal, entry), wake_at_ms=wake),
                 effects=sends,
@@ -348,9 +375,7 @@ def _journal(
                 finished_at_ms=ctx.now_ms,
                 deployment=None,
             )
-            return Decision(
-                done, _release(queue), (*_capacity_back(invocation), EmitResult(_result(done)))
-            )
+            return Decision(done, _release(queue), (*_capacity_back(invocation), *_finished(done)))
         case AttemptFailed(failure=failure, retry_after_ms=retry_after_ms, hold_queue=hold):
             if hold and retry_after_ms is not None:
                 until = ctx.now_ms + retry_after_ms
@@ -359,6 +384,80 @@ def _journal(
         case AttemptFenced(reason=reason):
             failure = Failure(f"attempt {invocation.attempt} fenced: {reason}", "AttemptFenced")
             return _failed(invocation, queue, failure, None, ctx)
+        case AttemptSuspended(awaiting_index=index):
+            return _suspended(invocation, queue, index, ctx)
+
+
+def _suspended(
+    invocation: Invocation, queue: VirtualQueue, index: int, ctx: DecisionContext
+) -> Decision:
+    journal = invocation.journal
+    if not (0 <= index < len(journal) and journal[index].kind is EntryKind.CALL):
+        failure = Failure(
+            f"attempt {invocation.attempt} suspended awaiting entry {index}, which is no "
+            "call of the journal",
+            "InvalidSuspension",
+        )
+        return _failed(invocation, queue, failure, None, ctx)
+    hold = ctx.rule is not None and ctx.rule.hold_while_suspended
+    suspended = invocation.evolve(
+        status=transition(invocation.status, Transition.SUSPEND),
+        wake_at_ms=None,
+        fence_requested=False,
+        deployment=None,
+        awaiting_call=index,
+        holds_slot=hold,
+    )
+    # The slot is freed for others unless the rule says the invocation keeps it.
+    queue = queue if hold else _release(queue)
+    given_back = _capacity_back(invocation)
+    if not journal[index].is_pending_call:
+        # The result came in while the attempt was still on its way out.
+        return _wake(suspended, queue, given_back, ctx)
+    return Decision(suspended, queue, given_back)
+
+
+def _call_completed(
+    invocation: Invocation | None,
+    queue: VirtualQueue,
+    completion: CallCompletion,
+    ctx: DecisionContext,
+) -> Decision:
+    index = completion.entry_index
+    if invocation is None or invocation.status.is_final:
+        return Decision(effects=(Ignored(f"no invocation awaits call {index}"),))
+    journal = invocation.journal
+    if not (0 <= index < len(journal) and journal[index].is_pending_call):
+        return Decision(effects=(Ignored(f"entry {index} is no call awaiting its result"),))
+    done = replace(journal[index], value=completion.output, failure=completion.failure)
+    if done.value is None and done.failure is None:
+        done = replace(done, value=b"")  # an output, even if empty, completes the call
+    completed = invocation.evolve(journal=(*journal[:index], done, *journal[index + 1 :]))
+    if completed.status is InvocationStatus.SUSPENDED and completed.awaiting_call == index:
+        return _wake(completed, queue, (), ctx)
+    return Decision(completed)
+
+
+def _wake(
+    suspended: Invocation, queue: VirtualQueue, effects: tuple[Effect, ...], ctx: DecisionContext
+) -> Decision:
+    """The awaited result is in: a new attempt replays the journal past the call."""
+    woken = suspended.evolve(awaiting_call=None, holds_slot=False)
+    if not suspended.holds_slot:
+        pending = woken.evolve(status=transition(woken.status, Transition.WAKE))
+        decision = _enqueue_and_start(pending, queue, ctx)
+    elif ctx.capped_deployment is not None:
+        # Its queue slot is still its own; only the deployment's cap is left to ask.
+        awaiting = woken.evolve(
+            status=transition(woken.status, Transition.RESERVE),
+            deployment=ctx.capped_deployment,
+            awaiting_since_ms=ctx.now_ms,
+        )
+        queue = replace(queue, awaiting_capacity=queue.awaiting_capacity + 1)
+        decision = Decision(awaiting, queue, (RequestCapacity(ctx.capped_deployment),))
+    else:
+        decision = _run(woken, Transition.ADMIT, queue, ctx)
+    return replace(decision, effects=(*effects, *decision.effects))
 
 
 def _failed(
@@ -395,7 +494,7 @@ def _failed(
                 wake_at_ms=ctx.now_ms + ctx.retention_ms,
                 finished_at_ms=ctx.now_ms,
             )
-            return Decision(failed, released, (*given_back, EmitResult(_result(failed))))
+            return Decision(failed, released, (*given_back, *_finished(failed)))
 
 
 def _timer(invocation: Invocation | None, queue: VirtualQueue, ctx: DecisionContext) -> Decision:
@@ -417,6 +516,18 @@ def _timer(invocation: Invocation | None, queue: VirtualQueue, ctx: DecisionCont
         )
         return _enqueue_and_start(pending, queue, ctx)
     return Decision(effects=(Ignored(f"no timer action in status {invocation.status.value}"),))
+
+
+def _finished(invocation: Invocation) -> tuple[Effect, ...]:
+    """The result of an invocation that ended, and its caller's completion if one awaits."""
+    result = _result(invocation)
+    caller = invocation.request.caller
+    if caller is None:
+        return (EmitResult(result),)
+    completion = CallCompletion(
+        caller.invocation_id, caller.entry_index, result.output, result.failure
+    )
+    return (EmitResult(result), CompleteCall(caller, completion))
 
 
 def _capacity_back(invocation: Invocation) -> tuple[Effect, ...]:

@@ -18,6 +18,8 @@ class Invocation:
     `fence_requested` marks a lease fence that was written to the journal and is not
     read back yet. `deployment` names the deployment whose capacity the invocation
     awaits (since `awaiting_since_ms`) or its running attempt holds; None otherwise.
+    A suspended invocation waits for the result of the call entry `awaiting_call`;
+    `holds_slot` says it kept its queue's slot meanwhile (`hold_while_suspended`).
     """
 
     request: InvocationRequest
@@ -33,6 +35,8 @@ class Invocation:
     output: bytes | None = None
     deployment: str | None = None
     awaiting_since_ms: int | None = None
+    awaiting_call: int | None = None
+    holds_slot: bool = False
 
     @property
     def id(self) -> str:

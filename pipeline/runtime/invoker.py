@@ -21,12 +21,13 @@ from pipeline.core.lease import AttemptLease
 from pipeline.core.model import (
     AttemptCompleted,
     AttemptFailed,
+    AttemptSuspended,
     DispatchOrder,
     EntryAppended,
     Failure,
     JournalRecord,
 )
-from pipeline.errors import LeaseLost, RateLimited, RetryableError, TerminalError
+from pipeline.errors import LeaseLost, RateLimited, RetryableError, Suspended, TerminalError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.kafka_clients import AsyncProducer
 from pipeline.runtime.tracing import extract_context, inject_headers
@@ -233,7 +234,7 @@ class Invoker:
 
     async def _attempt(
         self, order: DispatchOrder, writer: KafkaJournalWriter, span: trace.Span
-    ) -> AttemptCompleted | AttemptFailed:
+    ) -> AttemptCompleted | AttemptFailed | AttemptSuspended:
         handler = self.find(order)
         if handler is None:
             known = ", ".join(sorted(self._services)) or "none"
@@ -258,6 +259,11 @@ class Invoker:
         except Exception as exc:
             span.record_exception(exc)
             return attempt_failed(order, exc)
+        except Suspended as suspended:
+            if ctx.nondeterminism is not None:
+                return attempt_failed(order, ctx.nondeterminism)
+            span.set_attribute("pipeline.suspended_on", suspended.awaiting_index)
+            return AttemptSuspended(order.request.id, order.attempt, suspended.awaiting_index)
         if ctx.nondeterminism is not None:
             # The handler caught the mismatch; its result rests on a journal it does not
             # match, so it must not become the invocation's result.

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar, cast, overload
+from typing import Any, Protocol, TypeVar, cast, overload
 
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from pipeline.core.ids import sent_id
 from pipeline.core.model import (
     DEFAULT_PRIORITY,
+    Caller,
     DispatchOrder,
     EntryAppended,
     EntryKind,
@@ -32,7 +33,7 @@ from pipeline.core.model import (
     validate_scope,
 )
 from pipeline.core.replay import JournalMismatch, expect_entry
-from pipeline.errors import NonDeterminismError, TerminalError
+from pipeline.errors import NonDeterminismError, Suspended, TerminalError
 from pipeline.sdk.errors import AttemptBroken
 from pipeline.sdk.serde import BytesSerde, JsonSerde, Serde
 
@@ -143,6 +144,59 @@ class Context:
         """
         parsed = Target.parse(target) if isinstance(target, str) else target
         invocation_id = sent_id(self.invocation_id, self._next_index)
+        request = self._request_factory(
+            invocation_id, parsed, payload, serde, scope, limit_key, priority
+        )
+        await self._step(EntryKind.SEND, str(parsed), request, BytesSerde())
+        return invocation_id
+
+    async def service_call(
+        self,
+        target: str | Target,
+        payload: object = None,
+        *,
+        scope: str | None = None,
+        limit_key: str | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        serde: Serde[object] | None = None,
+    ) -> Any:
+        """Invoke `target` exactly once and return its output (deserialized with `serde`,
+        JSON by default); a callee that fails makes this raise `TerminalError`.
+
+        The call is journaled like `send`. Until the callee has ended, the attempt
+        suspends here: it stops, freeing the worker (and its queue's concurrency slot,
+        unless the rule says `hold_while_suspended`), and the invocation runs again
+        from the top once the result is in, replaying its journal to this point.
+        """
+        parsed = Target.parse(target) if isinstance(target, str) else target
+        index = self._next_index
+        request = self._request_factory(
+            sent_id(self.invocation_id, index),
+            parsed,
+            payload,
+            serde,
+            scope,
+            limit_key,
+            priority,
+            caller=Caller(self.invocation_id, self._order.request.partition_key, index),
+        )
+        outcome_serde = serde if serde is not None else self._default_serde
+        return await self._step(
+            EntryKind.CALL, str(parsed), request, BytesSerde(), outcome_serde=outcome_serde
+        )
+
+    def _request_factory(
+        self,
+        invocation_id: str,
+        target: Target,
+        payload: object,
+        serde: Serde[object] | None,
+        scope: str | None,
+        limit_key: str | None,
+        priority: int,
+        caller: Caller | None = None,
+    ) -> Callable[[], bytes]:
+        """The encoded request a send or call journals, built when its step executes."""
 
         def request() -> bytes:
             if self._request_encoder is None or self._clock_ms is None:
@@ -150,18 +204,18 @@ class Context:
             return self._request_encoder(
                 InvocationRequest(
                     id=invocation_id,
-                    target=parsed,
+                    target=target,
                     input=(serde or self._default_serde).serialize(payload),
                     created_at_ms=self._clock_ms(),
                     headers=self.headers,
                     scope=scope,
                     limit_key=limit_key,
                     priority=priority,
+                    caller=caller,
                 )
             )
 
-        await self._step(EntryKind.SEND, str(parsed), request, BytesSerde())
-        return invocation_id
+        return request
 
     # Two overloads so that type checkers infer T from an async action's result rather
     # than from the coroutine object itself.
@@ -190,7 +244,7 @@ class Context:
         `AttemptBroken` rather than leave a gap in the journal.
         """
         step_serde = serde if serde is not None else cast(Serde[T], self._default_serde)
-        return await self._step(EntryKind.RUN, name, action, step_serde)
+        return cast(T, await self._step(EntryKind.RUN, name, action, step_serde))
 
     async def _step(
         self,
@@ -198,7 +252,11 @@ class Context:
         name: str,
         action: Callable[[], T | Awaitable[T]],
         step_serde: Serde[T],
-    ) -> T:
+        *,
+        outcome_serde: Serde[Any] | None = None,
+    ) -> Any:
+        """Execute or replay one step. A call's entry holds the request when journaled
+        and the callee's outcome once complete, read with `outcome_serde`."""
         index = self._next_index
         try:
             recorded = expect_entry(self._order.journal, index, kind, name)
@@ -217,9 +275,15 @@ class Context:
         ):
             if recorded is not None:
                 turn.set()
-                return _replayed(recorded, step_serde)
+                if recorded.is_pending_call:
+                    raise Suspended(index)
+                return _replayed(recorded, outcome_serde or step_serde)
             try:
-                return await self._execute(index, kind, name, action, step_serde, previous)
+                value = await self._execute(index, kind, name, action, step_serde, previous)
+                if kind is EntryKind.CALL:
+                    # Journaled just now: the callee cannot have ended yet.
+                    raise Suspended(index)
+                return value
             except BaseException:
                 # A journaled terminal failure is an outcome like any value; only a step
                 # that left no entry breaks the journal's order.
@@ -274,7 +338,7 @@ class Context:
             raise AttemptBroken(index, name, failed_index=failed_index, failed_name=failed_name)
 
 
-def _replayed(recorded: JournalEntry, serde: Serde[T]) -> T:
+def _replayed(recorded: JournalEntry, serde: Serde[Any]) -> Any:
     if recorded.failure is not None:
         # Only terminal failures are journaled; a recorded one fails the same way again.
         raise TerminalError(recorded.failure.message)
@@ -282,7 +346,8 @@ def _replayed(recorded: JournalEntry, serde: Serde[T]) -> T:
 
 
 class ScopedSender:
-    """`ctx.scope("team-7").send(...)`: sends into virtual queues of one scope."""
+    """`ctx.scope("team-7").send(...)` and `.service_call(...)`: invocations into
+    virtual queues of one scope."""
 
     def __init__(self, ctx: Context, scope: str) -> None:
         self._ctx = ctx
@@ -297,5 +362,17 @@ class ScopedSender:
         priority: int = DEFAULT_PRIORITY,
     ) -> str:
         return await self._ctx.send(
+            target, payload, scope=self._scope, limit_key=limit_key, priority=priority
+        )
+
+    async def service_call(
+        self,
+        target: str | Target,
+        payload: object = None,
+        *,
+        limit_key: str | None = None,
+        priority: int = DEFAULT_PRIORITY,
+    ) -> Any:
+        return await self._ctx.service_call(
             target, payload, scope=self._scope, limit_key=limit_key, priority=priority
         )

@@ -7,10 +7,6 @@ Kafka (demand to the deployment's home partition, grants back) as well as within
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +26,13 @@ from pipeline.runtime.limit_rules import LimitRuleReader, LimitRuleWriter
 from pipeline.runtime.views import SchedulerStateView
 from pipeline.settings import Settings
 from tests.integration.test_flow_control import max_overlap
-from tests.support.runtime import register, running_scheduler, running_worker, runtime_settings
+from tests.support.runtime import (
+    register,
+    running_scheduler,
+    running_worker,
+    runtime_settings,
+    scheduler_process,
+)
 from topics.provision import provision
 
 pytestmark = pytest.mark.integration
@@ -127,9 +129,7 @@ def test_lifting_the_cap_starts_what_awaits_it_and_no_unit_is_lost(
 ) -> None:
     cap(settings, 0)  # hold everything: the pool is drained
     time.sleep(1)
-    view = SchedulerStateView(
-        settings.kafka_bootstrap_servers, settings.topic_names, WireCodec()
-    )
+    view = SchedulerStateView(settings.kafka_bootstrap_servers, settings.topic_names, WireCodec())
     view.start()
     try:
         with Client(settings) as client:
@@ -137,9 +137,7 @@ def test_lifting_the_cap_starts_what_awaits_it_and_no_unit_is_lost(
             deadline = time.monotonic() + 30
             while True:
                 awaiting = [
-                    i
-                    for i in view.invocations()
-                    if i.status is InvocationStatus.AWAITING_CAPACITY
+                    i for i in view.invocations() if i.status is InvocationStatus.AWAITING_CAPACITY
                 ]
                 if len(awaiting) == 20:
                     break
@@ -172,31 +170,17 @@ def test_scheduler_kill_9_keeps_the_cap_and_loses_no_unit(
     provision(kafka_bootstrap, settings.catalogue)
     register(settings, [pool])
     cap(settings, 5)
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "PIPELINE_TOPIC_PREFIX": topic_prefix,
-        "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
-        "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
-        "PIPELINE_INSTANCE_ID": "deployment-crash",
-        "PIPELINE_STATE_DIR": str(tmp_path / "state"),
-    }
-    log = (tmp_path / "scheduler.log").open("ab")
-
-    def start() -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "pipeline.cli", "scheduler"]
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-
     view = SchedulerStateView(kafka_bootstrap, settings.topic_names, WireCodec())
-    scheduler = start()
     try:
-        with running_worker(settings, [pool]), Client(settings) as client:
+        with (
+            scheduler_process(settings, "deployment-crash", tmp_path / "s.log") as scheduler,
+            running_worker(settings, [pool]),
+            Client(settings) as client,
+        ):
             send(client, 150, 0.1)
             for delay in (1.0, 1.0):
                 time.sleep(delay)
-                scheduler.send_signal(signal.SIGKILL)
-                scheduler.wait()
-                scheduler = start()
+                scheduler.kill_and_restart()
             wait_for_runs(150, timeout_s=120)
             view.start()
             deadline = time.monotonic() + 30
@@ -205,9 +189,6 @@ def test_scheduler_kill_9_keeps_the_cap_and_loses_no_unit(
                 time.sleep(0.2)
     finally:
         view.stop()
-        scheduler.send_signal(signal.SIGTERM)
-        scheduler.wait(30)
-        log.close()
     assert len(runs) == 150, "an invocation ran twice"
     peak = max_overlap(runs)
     assert peak <= 5, f"{peak} ran at once under a cap of 5"

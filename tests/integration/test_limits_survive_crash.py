@@ -4,10 +4,6 @@ the scope as a whole), nothing queued is lost."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -19,7 +15,7 @@ from pipeline import Context, Service
 from pipeline.client import Client
 from pipeline.core.limits import LimitRule, RulePattern
 from tests.integration.test_flow_control import max_overlap, write_rules
-from tests.support.runtime import register, running_worker, runtime_settings
+from tests.support.runtime import register, running_worker, runtime_settings, scheduler_process
 from topics.provision import provision
 
 pytestmark = pytest.mark.integration
@@ -54,44 +50,26 @@ def test_scheduler_kill_9_keeps_limits_and_loses_no_queued_invocation(
         LimitRule("per-key", RulePattern.parse("acme/*"), concurrency=2),
         LimitRule("acme-total", RulePattern.parse("acme"), concurrency=SCOPE_LIMIT),
     )
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "PIPELINE_TOPIC_PREFIX": topic_prefix,
-        "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
-        "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
-        "PIPELINE_INSTANCE_ID": "limits-crash",
-    }
-    log = (tmp_path / "scheduler.log").open("ab")
-
-    def start() -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "pipeline.cli", "scheduler"]
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    scheduler = start()
-    try:
-        with running_worker(settings, [service]), Client(settings) as client:
-            requests = [
-                client.request("Crashy/hold", f"k{k}", scope="acme", limit_key=f"k{k}")
-                for _ in range(PER_KEY)
-                for k in range(KEYS)
-            ]
-            client.send_requests(requests)
-            for delay in (1.0, 1.0):
-                time.sleep(delay)
-                scheduler.send_signal(signal.SIGKILL)
-                scheduler.wait()
-                scheduler = start()
-            deadline = time.monotonic() + 120
-            expected = {r.id for r in requests}
-            while {i for i, _, _, _ in runs} != expected:
-                assert time.monotonic() < deadline, f"{len(runs)} of {len(expected)} ran"
-                time.sleep(0.1)
-            results = [client.result(r.id, timeout_s=30) for r in requests[:: KEYS * 4]]
-    finally:
-        scheduler.send_signal(signal.SIGTERM)
-        scheduler.wait(30)
-        log.close()
+    with (
+        scheduler_process(settings, "limits-crash", tmp_path / "scheduler.log") as scheduler,
+        running_worker(settings, [service]),
+        Client(settings) as client,
+    ):
+        requests = [
+            client.request("Crashy/hold", f"k{k}", scope="acme", limit_key=f"k{k}")
+            for _ in range(PER_KEY)
+            for k in range(KEYS)
+        ]
+        client.send_requests(requests)
+        for delay in (1.0, 1.0):
+            time.sleep(delay)
+            scheduler.kill_and_restart()
+        deadline = time.monotonic() + 120
+        expected = {r.id for r in requests}
+        while {i for i, _, _, _ in runs} != expected:
+            assert time.monotonic() < deadline, f"{len(runs)} of {len(expected)} ran"
+            time.sleep(0.1)
+        results = [client.result(r.id, timeout_s=30) for r in requests[:: KEYS * 4]]
 
     assert all(r.attempts == 1 for r in results)
     assert len(runs) == KEYS * PER_KEY, "an invocation ran twice"

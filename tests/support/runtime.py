@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from confluent_kafka import Producer
 
@@ -121,3 +123,44 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+class SchedulerProcess:
+    """`pipeline scheduler` in a subprocess, configured like `settings`, to kill -9."""
+
+    def __init__(self, settings: Settings, instance_id: str, log_path: Path) -> None:
+        self._env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
+            "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
+            "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
+            "PIPELINE_INSTANCE_ID": instance_id,
+        }
+        self._log = log_path.open("ab")
+        self._process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "pipeline.cli", "scheduler"]
+        return subprocess.Popen(command, env=self._env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def kill_and_restart(self) -> None:
+        self._process.send_signal(signal.SIGKILL)
+        self._process.wait()
+        self._process = self._start()
+
+    def stop(self) -> None:
+        self._process.send_signal(signal.SIGTERM)
+        self._process.wait(30)
+        self._log.close()
+
+
+@contextmanager
+def scheduler_process(
+    settings: Settings, instance_id: str, log_path: Path
+) -> Iterator[SchedulerProcess]:
+    process = SchedulerProcess(settings, instance_id, log_path)
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -22,6 +22,9 @@ from pipeline.core.model import (
     AttemptCompleted,
     AttemptFailed,
     AttemptFenced,
+    AttemptSuspended,
+    CallCompletion,
+    Caller,
     DispatchOrder,
     EntryAppended,
     EntryKind,
@@ -369,6 +372,54 @@ def test_v1_request_without_id_gets_the_record_id(codec: WireCodec) -> None:
     assert decode_request(codec, write_v1({**V1_RECORD, "id": ""})).id == "rec:inv:2:40"
 
 
+def write_with(history_file: str, record: dict[str, Any]) -> bytes:
+    """A record as a writer on an older schema (a file of schemas/history) wrote it."""
+    schema = load_schema(str(SCHEMAS / "history" / history_file))
+    out = io.BytesIO()
+    out.write(MARKER)
+    out.write(bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")))
+    schemaless_writer(out, schema, record)
+    return out.getvalue()
+
+
+OLD_REQUEST = {**V1_RECORD, "idempotency_key": None, "scope": "acme", "limit_key": None}
+OLD_ENTRY = {"index": 0, "kind": "send", "name": "Mail/notify", "value": b"r", "failure": None}
+
+
+def test_state_written_before_deployment_limits_and_calls_is_read(codec: WireCodec) -> None:
+    state = write_with(
+        "InvocationState.v2.avsc",
+        {"request": {**OLD_REQUEST, "priority": 1}, "status": "running", "journal": [OLD_ENTRY]},
+    )
+    invocation = codec.decode_invocation_state(state)
+    assert invocation.status is InvocationStatus.RUNNING and invocation.request.priority == 1
+    assert invocation.journal[0].kind is EntryKind.SEND
+    assert (invocation.deployment, invocation.awaiting_call, invocation.holds_slot) == (
+        None,
+        None,
+        False,
+    )
+    assert invocation.request.caller is None
+
+
+def test_journal_and_dispatch_written_before_calls_are_read(codec: WireCodec) -> None:
+    record = write_with(
+        "JournalRecord.v3.avsc",
+        {
+            "invocation_id": "a",
+            "attempt": 2,
+            "body": ("pipeline.v1.AttemptFenced", {"reason": "x"}),
+        },
+    )
+    assert codec.decode_journal(record) == AttemptFenced("a", 2, "x")
+    order = write_with(
+        "DispatchOrder.v2.avsc",
+        {"request": {**OLD_REQUEST, "priority": 5}, "attempt": 1, "journal": [OLD_ENTRY]},
+    )
+    decoded = codec.decode_dispatch(order)
+    assert decoded.request.scope == "acme" and decoded.journal[0].value == b"r"
+
+
 # the invocations topic: requests and resume commands side by side
 
 
@@ -709,3 +760,17 @@ def test_fingerprint_matches_the_avro_specification_vector() -> None:
     from pipeline.codec.avro import schema_fingerprint
 
     assert schema_fingerprint(parse_schema("int")) == (8247732601305521295).to_bytes(8, "little")
+
+
+def test_calls_round_trip_through_every_record_that_carries_them(codec: WireCodec) -> None:
+    caller = Caller("parent", "acme", 4)
+    request = InvocationRequest("child", Target("Pricing", "quote"), b"{}", 1, caller=caller)
+    assert decode_invocations(codec, codec.encode_request(request)).caller == caller
+    completion = CallCompletion("parent", 4, output=None, failure=Failure("no", "E", True))
+    assert decode_invocations(codec, codec.encode_call_completion(completion)) == completion
+    suspended = AttemptSuspended("parent", 2, 4)
+    assert codec.decode_journal(codec.encode_journal(suspended)) == suspended
+    state = Invocation(
+        request, InvocationStatus.SUSPENDED, attempt=2, awaiting_call=4, holds_slot=True
+    )
+    assert codec.decode_invocation_state(codec.encode_invocation_state(state)) == state

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.limits import LimitRule, RulePattern
 from pipeline.core.model import (
     AttemptCompleted,
     AttemptFailed,
     AttemptFenced,
+    AttemptSuspended,
+    CallCompletion,
+    Caller,
     EntryAppended,
     EntryKind,
     Failure,
@@ -25,7 +29,9 @@ from pipeline.core.model import (
 )
 from pipeline.core.scheduler import (
     AppendFence,
+    CallCompleted,
     CapacityGranted,
+    CompleteCall,
     DeadLetter,
     DecisionContext,
     Dispatch,
@@ -37,6 +43,7 @@ from pipeline.core.scheduler import (
     ReleaseCapacity,
     RequestCapacity,
     ResumeRequested,
+    SendInvocation,
     TimerDue,
     decide,
 )
@@ -60,6 +67,7 @@ class Driver:
     effects: list[object] = field(default_factory=list)
     forgotten: set[str] = field(default_factory=set)
     capped: str | None = None  # the deployment with a cap, when there is one
+    rule: LimitRule | None = None  # governing every queue
 
     def send(self, event: Event, invocation_id: str) -> list[object]:
         invocation = self.invocations.get(invocation_id)
@@ -71,7 +79,14 @@ class Driver:
             invocation,
             queue,
             event,
-            DecisionContext(self.now, self.handler, LEASE, 0.5, capped_deployment=self.capped),
+            DecisionContext(
+                self.now,
+                self.handler,
+                LEASE,
+                0.5,
+                rule=self.rule,
+                capped_deployment=self.capped,
+            ),
         )
         if decision.forget:
             del self.invocations[invocation_id]
@@ -345,3 +360,92 @@ def test_without_a_cap_an_attempt_holds_no_unit() -> None:
     d.arrive("a")
     assert d.invocations["a"].deployment is None
     assert d.journal(AttemptCompleted("a", 1, b"1"))[0].__class__ is EmitResult
+
+
+def call_entry(index: int = 0) -> JournalEntry:
+    return JournalEntry(index, EntryKind.CALL, "Callee/work", value=b"<request bytes>")
+
+
+def suspend_on_a_call(d: Driver) -> None:
+    d.arrive("a")
+    assert d.journal(EntryAppended("a", 1, call_entry())) == [SendInvocation(b"<request bytes>")]
+    d.journal(AttemptSuspended("a", 1, 0))
+
+
+def test_a_call_is_sent_and_kept_without_its_request_until_the_result_is_in() -> None:
+    d = Driver()
+    suspend_on_a_call(d)
+    inv = d.invocations["a"]
+    assert inv.journal[0].is_pending_call
+    assert inv.status is InvocationStatus.SUSPENDED and inv.awaiting_call == 0
+    assert inv.wake_at_ms is None  # no lease, no timer: it waits for the result alone
+    assert d.queues[str(TARGET_QUEUE)].running == 0  # the slot is free for others
+
+
+def test_the_result_completes_the_entry_and_a_new_attempt_replays_it() -> None:
+    d = Driver()
+    suspend_on_a_call(d)
+    [dispatch] = d.send(CallCompleted(CallCompletion("a", 0, output=b"42")), "a")
+    assert isinstance(dispatch, Dispatch) and dispatch.order.attempt == 2
+    assert dispatch.order.journal[0].value == b"42"
+    assert d.invocations["a"].status is InvocationStatus.RUNNING
+    # A second copy of the same completion changes nothing.
+    assert isinstance(d.send(CallCompleted(CallCompletion("a", 0, b"7")), "a")[0], Ignored)
+
+
+def test_a_result_that_comes_before_the_suspension_wakes_it_at_once() -> None:
+    d = Driver()
+    d.arrive("a")
+    d.journal(EntryAppended("a", 1, call_entry()))
+    assert d.send(CallCompleted(CallCompletion("a", 0, output=b"1")), "a") == []
+    [dispatch] = d.journal(AttemptSuspended("a", 1, 0))
+    assert isinstance(dispatch, Dispatch) and dispatch.order.attempt == 2
+
+
+def test_a_suspended_invocation_waits_for_its_queue_again_unless_it_holds_its_slot() -> None:
+    one_at_a_time = LimitRule("one", RulePattern.parse("*"), concurrency=1)
+    d = Driver(rule=one_at_a_time)
+    suspend_on_a_call(d)
+    assert isinstance(d.arrive("b")[0], Dispatch)  # the freed slot went to b
+    assert d.send(CallCompleted(CallCompletion("a", 0, b"1")), "a") == []
+    assert d.invocations["a"].status is InvocationStatus.PENDING
+
+    held = LimitRule("one", RulePattern.parse("*"), concurrency=1, hold_while_suspended=True)
+    d = Driver(rule=held)
+    suspend_on_a_call(d)
+    assert d.invocations["a"].holds_slot
+    assert d.arrive("b") == []  # the slot is still a's
+    [dispatch] = d.send(CallCompleted(CallCompletion("a", 0, b"1")), "a")
+    assert isinstance(dispatch, Dispatch) and dispatch.order.request.id == "a"
+    assert d.queues[str(TARGET_QUEUE)].running == 1
+
+
+def test_suspending_gives_the_deployment_unit_back_and_waking_asks_again() -> None:
+    d = Driver(capped="Greeter")
+    d.arrive("a")
+    d.send(CapacityGranted("a", "Greeter"), "a")
+    d.journal(EntryAppended("a", 1, call_entry()))
+    assert d.journal(AttemptSuspended("a", 1, 0)) == [ReleaseCapacity("Greeter")]
+    assert d.send(CallCompleted(CallCompletion("a", 0, b"1")), "a") == [RequestCapacity("Greeter")]
+
+
+def test_a_callee_that_ends_completes_its_caller() -> None:
+    d = Driver()
+    caller = Caller("parent", "parent-key", 3)
+    d.send(InvocationArrived(replace(request("child"), caller=caller)), "child")
+    effects = d.journal(AttemptCompleted("child", 1, b'"done"'))
+    assert CompleteCall(caller, CallCompletion("parent", 3, b'"done"', None)) in effects
+    d.send(InvocationArrived(replace(request("child-2"), caller=caller)), "child-2")
+    effects = d.journal(AttemptFailed("child-2", 1, Failure("no", "ValueError", terminal=True)))
+    [complete] = [e for e in effects if isinstance(e, CompleteCall)]
+    assert complete.completion.failure is not None and complete.completion.output is None
+
+
+def test_suspending_on_an_entry_that_is_no_call_fails_the_attempt() -> None:
+    d = Driver()
+    d.arrive("a")
+    d.journal(EntryAppended("a", 1, JournalEntry(0, EntryKind.RUN, "step", value=b"1")))
+    d.journal(AttemptSuspended("a", 1, 0))
+    inv = d.invocations["a"]
+    assert inv.status is InvocationStatus.BACKING_OFF
+    assert inv.last_failure is not None and inv.last_failure.error_type == "InvalidSuspension"

@@ -41,6 +41,8 @@ from pipeline.core.limits import (
     RuleSet,
 )
 from pipeline.core.model import (
+    CallCompletion,
+    Caller,
     CapacityMessage,
     HandlerDefinition,
     QueueId,
@@ -52,7 +54,9 @@ from pipeline.core.partitioning import partition_for
 from pipeline.core.scheduler import (
     Admitted,
     AppendFence,
+    CallCompleted,
     CapacityGranted,
+    CompleteCall,
     DeadLetter,
     Decision,
     DecisionContext,
@@ -363,6 +367,9 @@ class SchedulerProcessor:
         if isinstance(record, CapacityMessage):
             self._capacity.on_message(state, record, self._start_granted(now))
             return
+        if isinstance(record, CallCompletion):
+            self._apply(state, record.invocation_id, CallCompleted(record), now)
+            return
         request = record
         home = partition_for(request.partition_key, self._settings.runtime_partitions)
         if home != state.partition:
@@ -468,6 +475,8 @@ class SchedulerProcessor:
                     )
                 case SendInvocation(encoded_request=encoded):
                     self._send_invocation(state, encoded)
+                case CompleteCall(caller=caller, completion=completion):
+                    self._complete_call(caller, completion)
                 case RequestCapacity(deployment=deployment):
                     self._capacity.request(self._states, state.partition, deployment)
                 case ReleaseCapacity(deployment=deployment):
@@ -496,6 +505,20 @@ class SchedulerProcessor:
             return
         home = partition_for(request.partition_key, self._settings.runtime_partitions)
         self._produce(topic, home, request.partition_key, encoded)
+
+    def _complete_call(self, caller: Caller, completion: CallCompletion) -> None:
+        """Hand a callee's outcome to its caller's partition, in this transaction."""
+        home = partition_for(caller.partition_key, self._settings.runtime_partitions)
+        state = self._states.get(home)
+        if state is not None:
+            self._apply(state, caller.invocation_id, CallCompleted(completion), self._clock())
+            return
+        self._produce(
+            self._names.invocations,
+            home,
+            caller.partition_key,
+            self._codec.encode_call_completion(completion),
+        )
 
     def _start_granted(self, now: int) -> Callable[[PartitionState, str, str], None]:
         def start(state: PartitionState, invocation_id: str, deployment: str) -> None:
