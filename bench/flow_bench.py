@@ -11,10 +11,12 @@ queue) and a scoped one under the rule, and prints the dispatch delay (the dispa
 record's time minus the request's creation time, both on this machine's clock) p50/p99
 of each, and what the admission check adds at p50.
 
-Last, the same scoped load and single sends once more with a cap on the `Bench`
-deployment that never binds (100000 running), so that every invocation awaits a unit
-and is granted one: what the deployment cap's counting costs (here within one scheduler
-process, where it needs no extra round trip through Kafka).
+Then the scoped load again with a budget on the scope as a whole that never binds
+(`acme`: concurrency 100000), so that every start goes through the fair-share pass
+over the scope's waiting queues. Last, the scoped load and single sends once more with
+a cap on the `Bench` deployment that never binds either (100000 running), so that every
+invocation awaits a unit and is granted one: what the deployment cap's counting costs
+(here within one scheduler process, where it needs no extra round trip through Kafka).
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ def run_load(client: Client, watcher: ResultWatcher, requests: list[InvocationRe
     return len(requests) / (last - started)
 
 
+def scoped(client: Client, count: int, keys: int) -> list[InvocationRequest]:
+    return [
+        client.request("Bench/noop", i, scope="acme", limit_key=f"user-{i % keys}")
+        for i in range(count)
+    ]
+
+
 def send_singly(
     client: Client,
     watcher: ResultWatcher,
@@ -123,35 +132,35 @@ def main() -> None:
                 writer.write(put(RuleSet(), [rule], expected_version=0))
                 writer.close()
                 time.sleep(2)  # the scheduler polls the rules between batches
-                limited = [
-                    client.request("Bench/noop", i, scope="acme", limit_key=f"user-{i % args.keys}")
-                    for i in range(args.invocations)
-                ]
-                on = run_load(client, watcher, limited)
+                on = run_load(client, watcher, scoped(client, args.invocations, args.keys))
                 # One at a time: what the admission check adds to a dispatch when the
                 # queue is under its limits, without any backlog in front of it.
                 single: dict[str, list[InvocationRequest]] = {"off": [], "on": [], "capped": []}
                 send_singly(client, watcher, single, ("off", "on"), args.latency_samples)
 
+                # The scope's shared budget, never binding either: every start now goes
+                # through the fair-share pass over the scope's waiting queues.
+                budget = LimitRule("acme-total", RulePattern.parse("acme"), concurrency=100_000)
+                with_budget = put(put(RuleSet(), [rule], expected_version=0), [budget], 1)
                 writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
+                writer.write(with_budget)
+                time.sleep(2)
+                budgeted = run_load(client, watcher, scoped(client, args.invocations, args.keys))
+
                 capped_rules = put_deployment_limit(
-                    put(RuleSet(), [rule], expected_version=0),
-                    DeploymentLimit("Bench", 100_000),
-                    expected_version=1,
+                    with_budget, DeploymentLimit("Bench", 100_000), expected_version=2
                 )
                 writer.write(capped_rules)
                 writer.close()
                 time.sleep(2)
-                capped = [
-                    client.request("Bench/noop", i, scope="acme", limit_key=f"user-{i % args.keys}")
-                    for i in range(args.invocations)
-                ]
-                with_cap = run_load(client, watcher, capped)
+                with_cap = run_load(client, watcher, scoped(client, args.invocations, args.keys))
                 send_singly(client, watcher, single, ("capped",), args.latency_samples)
             report["throughput_limits_off_per_s"] = round(off)
             report["throughput_limits_on_per_s"] = round(on)
             report["ratio_on_to_off"] = round(on / off, 3)
-            report["throughput_limits_and_deployment_cap_per_s"] = round(with_cap)
+            report["throughput_limits_and_scope_budget_per_s"] = round(budgeted)
+            report["ratio_scope_budget_to_off"] = round(budgeted / off, 3)
+            report["throughput_limits_budget_and_deployment_cap_per_s"] = round(with_cap)
             report["ratio_capped_to_off"] = round(with_cap / off, 3)
             for name, requests in single.items():
                 delays = sorted(dispatch_delays_ms(settings, {r.id for r in requests}))

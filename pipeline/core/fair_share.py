@@ -7,8 +7,14 @@ shares the starts between them in proportion to the `weight` of each queue's own
 
 - each queue carries a finish tag, the scope a virtual clock;
 - the waiting queue with the smallest start tag, max(finish, clock), goes next, and
-  its finish tag moves to that start tag + 1/weight;
+  its finish tag moves to that start tag + 1/weight; equal start tags go by finish
+  tag, then limit key (`fair_order`);
 - the clock then moves up to the smallest start tag among the queues still waiting.
+
+Since max(finish, clock) never puts two queues in another order than their finish
+tags do, `fair_order` is the start order whatever the clock: the shell keeps the
+contenders in a heap across the starts of one pass instead of comparing them all at
+every start.
 
 An idle queue's state is dropped (memory must not grow with the number of queues), so
 a queue that comes back has no finish tag of its own: it gets one just above the
@@ -59,7 +65,10 @@ class Contender:
 
     queue: VirtualQueue
     rule: LimitRule | None
-    head_priority: int
+
+    def ready(self, now_ms: int) -> bool:
+        """Work waits, and the queue's own rule lets its head start now."""
+        return self.queue.queued > 0 and isinstance(admission(self.queue, self.rule, now_ms), Admit)
 
 
 def scope_admission(load: ScopeLoad, rule: LimitRule | None, now_ms: int) -> Admission:
@@ -88,33 +97,43 @@ def arrival_tag(load: ScopeLoad) -> float:
     return math.nextafter(load.vclock, math.inf)
 
 
+def fair_order(queue: VirtualQueue) -> tuple[float, str]:
+    """The order the ready queues of a scope start in, for any clock."""
+    return (queue.vfinish, queue.id.limit_key)
+
+
 def next_to_start(
     load: ScopeLoad, contenders: Sequence[Contender], now_ms: int
 ) -> Contender | None:
     """The contender whose head starts next, among those their own rule lets start."""
     return min(
-        _ready(contenders, now_ms),
-        key=lambda c: (start_tag(c.queue, load), c.head_priority, c.queue.id.limit_key),
-        default=None,
+        (c for c in contenders if c.ready(now_ms)), key=lambda c: fair_order(c.queue), default=None
     )
+
+
+def next_tag(load: ScopeLoad, contenders: Sequence[Contender], now_ms: int) -> float | None:
+    """The smallest start tag among `contenders` that may start now, if any."""
+    ready = [start_tag(c.queue, load) for c in contenders if c.ready(now_ms)]
+    return min(ready, default=None)
 
 
 def started(
     load: ScopeLoad,
     chosen: Contender,
-    contenders: Sequence[Contender],
+    others_tag: float | None,
     scope_rule: LimitRule | None,
     now_ms: int,
 ) -> tuple[ScopeLoad, float]:
-    """The scope's clock and rate state once `chosen` (one of `contenders`) started,
-    and its new finish tag.
+    """The scope's clock and rate state once `chosen` started, and its new finish tag.
 
-    Counts (running, queued) are not touched here: they follow the queues' own counts.
+    `others_tag` is the smallest start tag among the other queues that may start now
+    (`next_tag`). Counts (running, queued) are not touched here: they follow the
+    queues' own counts.
     """
     tag = start_tag(chosen.queue, load)
     weight = 1 if chosen.rule is None else chosen.rule.weight
     finish = tag + 1 / weight
-    waiting = [start_tag(c.queue, load) for c in _ready(contenders, now_ms) if c is not chosen]
+    waiting = [] if others_tag is None else [others_tag]
     if chosen.queue.queued > 1:
         waiting.append(finish)
     vclock = max(load.vclock, min(waiting, default=tag))
@@ -122,14 +141,6 @@ def started(
     if scope_rule is not None and scope_rule.rate_per_s is not None:
         rate_tat_ms = gcra_started(RateState(rate_tat_ms), scope_rule.rate_per_s, now_ms).tat_ms
     return replace(load, vclock=vclock, rate_tat_ms=rate_tat_ms), finish
-
-
-def _ready(contenders: Sequence[Contender], now_ms: int) -> list[Contender]:
-    return [
-        c
-        for c in contenders
-        if c.queue.queued > 0 and isinstance(admission(c.queue, c.rule, now_ms), Admit)
-    ]
 
 
 def _count(queue: VirtualQueue | None, field: str) -> int:

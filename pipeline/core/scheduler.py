@@ -285,17 +285,22 @@ def _start(pending: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> De
         else queue.rate_tat_ms
     )
     admitted = replace(queue, queued=queue.queued - 1, running=queue.running + 1, rate_tat_ms=tat)
+    return _begin(pending, admitted, ctx)
+
+
+def _begin(invocation: Invocation, queue: VirtualQueue, ctx: DecisionContext) -> Decision:
+    """Start an attempt its queue let in: now, or once its deployment's cap grants a unit."""
     deployment = ctx.capped_deployment
     if deployment is None:
-        return _run(pending, Transition.ADMIT, admitted, ctx)
-    awaiting = pending.evolve(
-        status=transition(pending.status, Transition.RESERVE),
+        return _run(invocation, Transition.ADMIT, queue, ctx)
+    awaiting = invocation.evolve(
+        status=transition(invocation.status, Transition.RESERVE),
         deployment=deployment,
         awaiting_since_ms=ctx.now_ms,
         wake_at_ms=None,
     )
-    admitted = replace(admitted, awaiting_capacity=admitted.awaiting_capacity + 1)
-    return Decision(awaiting, admitted, (RequestCapacity(deployment),))
+    queue = replace(queue, awaiting_capacity=queue.awaiting_capacity + 1)
+    return Decision(awaiting, queue, (RequestCapacity(deployment),))
 
 
 def _granted(
@@ -443,20 +448,12 @@ def _wake(
 ) -> Decision:
     """The awaited result is in: a new attempt replays the journal past the call."""
     woken = suspended.evolve(awaiting_call=None, holds_slot=False)
-    if not suspended.holds_slot:
+    if suspended.holds_slot:
+        # Its queue slot is still its own: no admission again.
+        decision = _begin(woken, queue, ctx)
+    else:
         pending = woken.evolve(status=transition(woken.status, Transition.WAKE))
         decision = _enqueue_and_start(pending, queue, ctx)
-    elif ctx.capped_deployment is not None:
-        # Its queue slot is still its own; only the deployment's cap is left to ask.
-        awaiting = woken.evolve(
-            status=transition(woken.status, Transition.RESERVE),
-            deployment=ctx.capped_deployment,
-            awaiting_since_ms=ctx.now_ms,
-        )
-        queue = replace(queue, awaiting_capacity=queue.awaiting_capacity + 1)
-        decision = Decision(awaiting, queue, (RequestCapacity(ctx.capped_deployment),))
-    else:
-        decision = _run(woken, Transition.ADMIT, queue, ctx)
     return replace(decision, effects=(*effects, *decision.effects))
 
 

@@ -13,8 +13,11 @@ from pipeline.core.fair_share import (
     Contender,
     ScopeLoad,
     arrival_tag,
+    fair_order,
+    next_tag,
     next_to_start,
     scope_admission,
+    start_tag,
     started,
 )
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet, governing_rule, put, scope_rule
@@ -65,9 +68,9 @@ def test_counts_follow_the_queues() -> None:
 
 def test_a_queue_its_own_rule_holds_back_is_passed_over() -> None:
     held = Contender(
-        VirtualQueue(QueueId("acme", "a"), queued=5, running=1), rule("a", concurrency=1), 5
+        VirtualQueue(QueueId("acme", "a"), queued=5, running=1), rule("a", concurrency=1)
     )
-    free = Contender(VirtualQueue(QueueId("acme", "b"), queued=5, vfinish=9.0), rule("b"), 5)
+    free = Contender(VirtualQueue(QueueId("acme", "b"), queued=5, vfinish=9.0), rule("b"))
     assert next_to_start(ScopeLoad("acme"), [held, free], 0) is free
     assert next_to_start(ScopeLoad("acme"), [held], 0) is None
 
@@ -75,14 +78,15 @@ def test_a_queue_its_own_rule_holds_back_is_passed_over() -> None:
 def pick_many(weights: list[int], picks: int) -> list[int]:
     """Start `picks` times from queues that always have work waiting; starts per queue."""
     contenders = [
-        Contender(VirtualQueue(QueueId("acme", f"k{i}"), queued=10**6), rule(f"k{i}", w), 5)
+        Contender(VirtualQueue(QueueId("acme", f"k{i}"), queued=10**6), rule(f"k{i}", w))
         for i, w in enumerate(weights)
     ]
     load, counts = ScopeLoad("acme"), [0] * len(weights)
     for _ in range(picks):
         chosen = next_to_start(load, contenders, 0)
         assert chosen is not None
-        load, finish = started(load, chosen, contenders, None, 0)
+        others = next_tag(load, [c for c in contenders if c is not chosen], 0)
+        load, finish = started(load, chosen, others, None, 0)
         i = contenders.index(chosen)
         contenders[i] = replace(chosen, queue=replace(chosen.queue, vfinish=finish))
         counts[i] += 1
@@ -128,7 +132,7 @@ def test_no_queue_starves_as_queues_come_and_go(events: list[tuple[int, bool]]) 
             continue
         contenders = [
             Contender(
-                VirtualQueue(QueueId("acme", f"k{i}"), queued=queued[i], vfinish=finish[i]), None, 5
+                VirtualQueue(QueueId("acme", f"k{i}"), queued=queued[i], vfinish=finish[i]), None
             )
             for i in range(6)
             if queued[i]
@@ -137,7 +141,8 @@ def test_no_queue_starves_as_queues_come_and_go(events: list[tuple[int, bool]]) 
         if chosen is None:
             continue
         i = int(chosen.queue.id.limit_key[1:])
-        load, finish[i] = started(load, chosen, contenders, None, 0)
+        others = next_tag(load, [c for c in contenders if c is not chosen], 0)
+        load, finish[i] = started(load, chosen, others, None, 0)
         queued[i] -= 1
         for waiting, others in starts_since_wait.items():
             if waiting != i and queued[waiting]:
@@ -186,11 +191,12 @@ def test_the_scope_budget_holds_however_work_arrives_and_ends(
             now += dt
         elif kind == "pump":
             while isinstance(scope_admission(load, SCOPE_BUDGET, now), Admit):
-                contenders = [Contender(q, KEY_RULE, 5) for q in queues.values() if q.queued]
+                contenders = [Contender(q, KEY_RULE) for q in queues.values() if q.queued]
                 chosen = next_to_start(load, contenders, now)
                 if chosen is None:
                     break
-                clock, finish = started(load, chosen, contenders, SCOPE_BUDGET, now)
+                others = next_tag(load, [c for c in contenders if c is not chosen], now)
+                clock, finish = started(load, chosen, others, SCOPE_BUDGET, now)
                 i = int(chosen.queue.id.limit_key[1:])
                 put(
                     i,
@@ -210,3 +216,18 @@ def test_the_scope_budget_holds_however_work_arrives_and_ends(
         for window in (1, 50, 100, 1_000):
             in_window = sum(1 for s in starts[i:] if s < first + window)
             assert in_window <= 20 * window / 1000 + 2
+
+
+@given(
+    st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=12, unique=True),
+    st.floats(0, 100, allow_nan=False),
+)
+def test_fair_order_is_the_start_tag_order_for_any_clock(
+    finishes: list[float], vclock: float
+) -> None:
+    """What lets the scheduler keep contenders in a heap across starts: the clock moving
+    never reorders them."""
+    load = ScopeLoad("acme", vclock=vclock)
+    queues = [VirtualQueue(QueueId("acme", f"k{i}"), vfinish=f) for i, f in enumerate(finishes)]
+    by_tag = sorted(queues, key=lambda q: (start_tag(q, load), fair_order(q)))
+    assert sorted(queues, key=fair_order) == by_tag

@@ -6,6 +6,7 @@ queues a batch touched, asks, and hands each head that may start to `admit`.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,9 +14,15 @@ from typing import TypeVar
 
 from pipeline.core.admission import Blocked, admission
 from pipeline.core.deployment import DeploymentLimit
-from pipeline.core.fair_share import Contender, next_to_start, scope_admission, started
+from pipeline.core.fair_share import (
+    Contender,
+    fair_order,
+    scope_admission,
+    start_tag,
+    started,
+)
 from pipeline.core.limits import LimitRule, RuleSet, governing_rule, scope_rule, scopes_affected
-from pipeline.core.model import DEFAULT_PRIORITY, QueueId
+from pipeline.core.model import QueueId
 from pipeline.core.state import VirtualQueue
 from pipeline.runtime.scheduler.partition_state import PartitionState
 
@@ -84,7 +91,7 @@ def pump(state: PartitionState, rules: RulesInForce, now: int, admit: AdmitHead)
             _pump_queue(state, rules, queue_id, now, admit)
         elif queue_id.scope not in pumped_scopes:
             pumped_scopes.add(queue_id.scope)
-            _pump_scope(state, rules, queue_id.scope, budget, now, admit)
+            _pump_scope(state, rules, queue_id.scope, budget, now, admit, queue_id)
 
 
 def _pump_queue(
@@ -108,27 +115,40 @@ def _pump_scope(
     budget: LimitRule,
     now: int,
     admit: AdmitHead,
+    touched: QueueId,
 ) -> None:
-    """Start heads of the scope's queues while its budget allows, in fair-share order."""
-    contenders = {
-        queue.id: _contender(state, rules, queue) for queue in state.queues_of_scope(scope)
-    }
-    while contenders:
+    """Start heads of the scope's queues while its budget allows, in fair-share order.
+
+    `touched` is a queue of the scope that asked for the pass: woken when a rate
+    budget frees, since any queue's wake pumps the whole scope.
+    """
+    if _scope_blocked(state, scope, budget, now, touched):
+        return  # before reading the queues: a full budget is the common case under load
+    # The ready queues by `fair_order`; one that is not ready stays not ready for the
+    # rest of this pass (time stands still, and only starts happen).
+    heap: list[tuple[tuple[float, str], QueueId]] = []
+    contenders: dict[QueueId, Contender] = {}
+
+    def offer(queue: VirtualQueue) -> None:
+        contender = Contender(queue, rules.rule_for(queue.id))
+        if contender.ready(now):
+            contenders[queue.id] = contender
+            heapq.heappush(heap, (fair_order(queue), queue.id))
+            return
+        verdict = admission(queue, contender.rule, now)
+        if isinstance(verdict, Blocked) and verdict.until_ms is not None:
+            state.wake_queue_at(queue.id, verdict.until_ms)
+
+    for waiting in state.queues_of_scope(scope):
+        offer(waiting)
+    while heap:
         load = state.scope_load(scope)
-        verdict = scope_admission(load, budget, now)
-        if isinstance(verdict, Blocked):
-            if verdict.until_ms is not None:
-                state.wake_queue_at(next(iter(contenders)), verdict.until_ms)
+        if _scope_blocked(state, scope, budget, now, heap[0][1]):
             return
-        chosen = next_to_start(load, list(contenders.values()), now)
-        if chosen is None:
-            for contender in contenders.values():
-                queue_verdict = admission(contender.queue, contender.rule, now)
-                if isinstance(queue_verdict, Blocked) and queue_verdict.until_ms is not None:
-                    state.wake_queue_at(contender.queue.id, queue_verdict.until_ms)
-            return
-        load, vfinish = started(load, chosen, list(contenders.values()), budget, now)
-        queue_id = chosen.queue.id
+        _, queue_id = heapq.heappop(heap)
+        chosen = contenders.pop(queue_id)
+        others = start_tag(contenders[heap[0][1]].queue, load) if heap else None
+        load, vfinish = started(load, chosen, others, budget, now)
         if not admit(state, queue_id, now):
             return
         state.put_queue(replace(state.queue(queue_id), vfinish=vfinish), now)
@@ -137,17 +157,22 @@ def _pump_scope(
             now,
         )
         queue = state.queue_or_none(queue_id)
-        if queue is None or queue.queued == 0:
-            del contenders[queue_id]
-        else:
-            contenders[queue_id] = _contender(state, rules, queue)
+        if queue is not None and queue.queued:
+            offer(queue)
 
 
-def _contender(state: PartitionState, rules: RulesInForce, queue: VirtualQueue) -> Contender:
-    head = state.waiting_head(queue.id)
-    invocation = None if head is None else state.invocation(head)
-    priority = invocation.request.priority if invocation is not None else DEFAULT_PRIORITY
-    return Contender(queue, rules.rule_for(queue.id), priority)
+def _scope_blocked(
+    state: PartitionState, scope: str, budget: LimitRule, now: int, wake: QueueId
+) -> bool:
+    """Whether the scope's budget holds every start back; wakes `wake` when it frees."""
+    verdict = scope_admission(state.scope_load(scope), budget, now)
+    if not isinstance(verdict, Blocked):
+        return False
+    if verdict.until_ms is not None:
+        # A rate budget frees at a known instant; a full concurrency budget frees when
+        # an attempt ends, which touches its queue and pumps the scope again.
+        state.wake_queue_at(wake, verdict.until_ms)
+    return True
 
 
 def _cached(cache: dict[_K, _V], key: _K, compute: Callable[[_K], _V]) -> _V:
