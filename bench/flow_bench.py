@@ -135,7 +135,12 @@ def main() -> None:
                 on = run_load(client, watcher, scoped(client, args.invocations, args.keys))
                 # One at a time: what the admission check adds to a dispatch when the
                 # queue is under its limits, without any backlog in front of it.
-                single: dict[str, list[InvocationRequest]] = {"off": [], "on": [], "capped": []}
+                single: dict[str, list[InvocationRequest]] = {
+                    "off": [],
+                    "on": [],
+                    "budget": [],
+                    "capped": [],
+                }
                 send_singly(client, watcher, single, ("off", "on"), args.latency_samples)
 
                 # The scope's shared budget, never binding either: every start now goes
@@ -146,6 +151,7 @@ def main() -> None:
                 writer.write(with_budget)
                 time.sleep(2)
                 budgeted = run_load(client, watcher, scoped(client, args.invocations, args.keys))
+                send_singly(client, watcher, single, ("budget",), args.latency_samples)
 
                 capped_rules = put_deployment_limit(
                     with_budget, DeploymentLimit("Bench", 100_000), expected_version=2
@@ -172,7 +178,7 @@ def main() -> None:
             )
             report["dispatch_delay_added_by_cap_p50_ms"] = (
                 report["dispatch_delay_c1_capped_p50_ms"]  # type: ignore[operator]
-                - report["dispatch_delay_c1_on_p50_ms"]
+                - report["dispatch_delay_c1_budget_p50_ms"]
             )
         finally:
             watcher.stop()

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.codec.records import WireCodec
@@ -14,6 +14,7 @@ from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import InvocationRequest, QueueId, Target
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.runtime.scheduler.partition_state import Checkpoint, PartitionState
+from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
 from pipeline.runtime.scheduler.restore import CHECKPOINT_MAX_AGE_MS, usable_start
 from pipeline.runtime.scheduler.state_store import StateStore
 
@@ -133,6 +134,20 @@ def test_an_idle_queue_leaves_no_row(store: StateStore) -> None:
     assert [k for k in rows if bytes(k)[2:3] == b"q"] == []
 
 
+def test_a_queue_kept_for_its_rate_debt_is_dropped_once_the_debt_runs_out(
+    store: StateStore,
+) -> None:
+    state = PartitionState(store, 0, CODEC)
+    state.put_queue(VirtualQueue(QUEUE, rate_tat_ms=1_500.0), now_ms=1_000)
+    commit(state)
+    list(state.queues_to_pump(1_000))  # the batch that stored it pumps it once
+    assert state.queue_or_none(QUEUE) is not None
+    assert state.next_wake_ms() == 1_500
+    pump(state, RulesInForce(), 1_500, lambda *_: False)
+    commit(state)
+    assert PartitionState(store, 0, CODEC).queue_or_none(QUEUE) is None
+
+
 OPERATION = st.one_of(
     st.tuples(st.just("enqueue"), st.integers(0, 9), st.integers(0, 9)),
     st.tuples(st.just("start"), st.integers(0, 9)),
@@ -217,3 +232,63 @@ def test_an_old_checkpoint_is_kept_when_nothing_was_written_after_it() -> None:
     assert usable_start(old, "changelog", 150, late) is None  # tombstones may be gone
     assert usable_start(old, "changelog", 150, 0) == 100
     assert usable_start(old, "other", 101, 0) is None
+
+
+QUEUE_OPERATION = st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 5), st.integers(0, 2), st.integers(0, 1)),
+    st.tuples(st.just("commit")),
+    st.tuples(st.just("discard")),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(QUEUE_OPERATION, max_size=50))
+# Closed, reopened and closed again in one batch: the stored marker must still go.
+@example([("put", 0, 1, 0), ("commit",), *[("put", 0, n, 0) for n in (0, 1, 0)], ("commit",)])
+def test_the_queues_a_scope_has_waiting_follow_the_queue_rows(
+    tmp_path_factory: pytest.TempPathFactory, operations: list[tuple[object, ...]]
+) -> None:
+    """Within a batch, after commits and aborts, and once restored from the changelog."""
+    root = tmp_path_factory.mktemp("open")
+    store, replica = StateStore(root, "g", "live"), StateStore(root, "g", "replica")
+    try:
+        state = PartitionState(store, 0, CODEC)
+        committed: dict[QueueId, int] = {}
+        batch: dict[QueueId, int] = {}
+        changelog: list[tuple[str, bytes | None]] = []
+        for operation in operations:
+            if operation[0] == "put":
+                _, k, queued, running = operation
+                queue = VirtualQueue(QueueId("acme", f"k{k}"), queued=queued, running=running)
+                state.put_queue(queue, now_ms=0)
+                batch[queue.id] = queued
+            elif operation[0] == "commit":
+                writes = state.changelog_writes()
+                changelog += [(w.key, w.value) for w in writes]
+                state.commit(writes, None)
+                committed.update(batch)
+                batch.clear()
+                # No marker outlives its queue's waiting work, even if never read.
+                stored = (bytes(k) for k in store.db.keys())  # noqa: SIM118 (a Rdict, not a dict)
+                markers = {k[3:].decode() for k in stored if k[2:3] == b"o"}
+                assert markers == {str(q) for q, n in committed.items() if n}
+            else:
+                state.discard()
+                batch.clear()
+            expected = {q for q, n in {**committed, **batch}.items() if n}
+            assert {q.id for q in state.queues_of_scope("acme")} == expected
+        restored = PartitionState(replica, 0, CODEC)
+        for key, value in changelog:
+            restored.apply_changelog(key.encode(), value, 0)
+        restored.commit(restored.changelog_writes(), None)
+        expected = {q for q, n in committed.items() if n}
+        assert {q.id for q in restored.queues_of_scope("acme")} == expected
+        assert {q.id for q in PartitionState(store, 0, CODEC).queues_of_scope("acme")} == expected
+    finally:
+        store.close()
+        replica.close()
+
+
+def test_a_store_with_older_derived_rows_is_restored_in_full() -> None:
+    assert usable_start(Checkpoint("changelog", 10, 0, 0, layout=1), "changelog", 10, 0) is None
+    assert usable_start(Checkpoint("changelog", 10, 0, 0), "changelog", 10, 0) == 10

@@ -18,9 +18,11 @@ Row layout, every key after the partition's two-byte prefix:
     k {at_ms}{queue}             when a throttled queue may start again (derived)
     a {deployment} 0x00 {prio}{since_ms}{id}
                                  -> id: invocations awaiting deployment capacity (derived)
+    o {scope}/{limit key}        a queue of a scope with work waiting (derived)
 
 Derived rows are kept in step with the state rows they come from, so nothing needs
 rebuilding in memory on restart: recovery reads the changelog from the checkpoint on.
+A store written with another `LAYOUT` of derived rows is restored in full.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -50,6 +53,7 @@ QUEUE_PREFIX = "q/"
 SCOPE_PREFIX = "s/"
 DEPLOYMENT_PREFIX = "d/"
 
+LAYOUT = 2  # 2: the `a` and `o` indexes
 _CACHE_ROWS = 10_000
 _FLOORS = 50_000
 _PRUNE_MAX = 1_000
@@ -64,6 +68,7 @@ class Checkpoint:
     offset: int
     rules_version: int
     saved_at_ms: int
+    layout: int = LAYOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +157,20 @@ class PartitionState:
         return sorted(found)
 
     def queues_of_scope(self, scope: str) -> list[VirtualQueue]:
-        """The queues of `scope` with work waiting."""
-        prefix = self._p + b"q" + scope.encode() + b"/"
-        found = {QueueId.parse(key[3:].decode()) for key in self._scan(prefix, prefix)}
-        found.update(q for q, v in self._queues.items() if q.scope == scope and v)
+        """The queues of `scope` with work waiting.
+
+        Read from the `o` index rather than the queue rows: those are rewritten by
+        every batch that touches them, and a scan would wade through every version.
+        """
+        prefix = self._p + b"o" + scope.encode() + b"/"
+        keys = {bytes(key) for key in self._scan(prefix, prefix)}
+        keys.update(k for k in self._index if k.startswith(prefix))
         return [
             queue
-            for queue_id in found
-            if (queue := self.queue_or_none(queue_id)) is not None and queue.queued
+            for key in keys
+            if self._index.get(key, b"") is not None
+            and (queue := self.queue_or_none(QueueId.parse(key[3:].decode()))) is not None
+            and queue.queued
         ]
 
     def _scan(self, start: bytes, prefix: bytes) -> Iterator[bytes]:
@@ -256,14 +267,33 @@ class PartitionState:
 
     def put_queue(self, queue: VirtualQueue, now_ms: int) -> None:
         stored = None if queue.is_idle_at(now_ms) else queue
+        if stored is not None and not (stored.queued or stored.running):
+            # Kept only for its rate debt or a hold: nothing would touch it again, so
+            # look at it when that ends, and `pump` drops it (idle queues cost nothing).
+            until = max(math.ceil(stored.rate_tat_ms), stored.paused_until_ms or 0)
+            self.wake_queue_at(queue.id, until)
         if queue.id.scope:
             before = self.queue_or_none(queue.id)
             load = self.scope_load(queue.id.scope)
             if before is None and stored is not None:
                 stored = replace(stored, vfinish=arrival_tag(load))
             self.put_scope(load.counted(before, stored), now_ms)
+            self._reindex_queue(before, stored)
         self._queues[queue.id] = stored
         self._touched_queues.add(queue.id)
+
+    def _reindex_queue(self, before: VirtualQueue | None, after: VirtualQueue | None) -> None:
+        queue = after or before
+        if queue is None or not queue.id.scope:
+            return
+        was_open = before is not None and before.queued > 0
+        is_open = after is not None and after.queued > 0
+        if was_open != is_open:
+            key = self._p + b"o" + str(queue.id).encode()
+            if is_open:
+                self._index_new(key, "")
+            else:
+                self._unindex(key)
 
     def put_scope(self, load: ScopeLoad, now_ms: int) -> None:
         self._scopes[load.scope] = None if load.is_idle_at(now_ms) else load
@@ -304,7 +334,9 @@ class PartitionState:
             self._index[key] = None
 
     def _index_new(self, key: bytes, invocation_id: str) -> None:
-        self._created.add(key)
+        if key not in self._index:
+            # Not a stored row this batch deletes: written nowhere yet.
+            self._created.add(key)
         self._index[key] = invocation_id.encode()
 
     def _awaiting_key(self, invocation: Invocation | None) -> bytes | None:
@@ -562,7 +594,11 @@ class PartitionState:
             return None
         fields = json.loads(bytes(raw))
         return Checkpoint(
-            fields["changelog"], fields["offset"], fields["rules_version"], fields["saved_at_ms"]
+            fields["changelog"],
+            fields["offset"],
+            fields["rules_version"],
+            fields["saved_at_ms"],
+            fields.get("layout", 1),
         )
 
     def apply_changelog(self, key: bytes | None, value: bytes | None, now_ms: int) -> None:
@@ -577,9 +613,9 @@ class PartitionState:
             self._raw[text] = value
         elif text.startswith(QUEUE_PREFIX):
             queue_id = QueueId.parse(text[len(QUEUE_PREFIX) :])
-            self._queues[queue_id] = (
-                None if value is None else self._codec.decode_queue_state(value)
-            )
+            restored = None if value is None else self._codec.decode_queue_state(value)
+            self._reindex_queue(self.queue_or_none(queue_id), restored)
+            self._queues[queue_id] = restored
             self._raw[text] = value
             if not self.pump_pending:
                 self._touched_queues.add(queue_id)
@@ -618,5 +654,6 @@ def _encode_checkpoint(checkpoint: Checkpoint) -> bytes:
             "offset": checkpoint.offset,
             "rules_version": checkpoint.rules_version,
             "saved_at_ms": checkpoint.saved_at_ms,
+            "layout": checkpoint.layout,
         }
     ).encode()

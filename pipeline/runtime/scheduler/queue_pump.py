@@ -84,14 +84,19 @@ class RulesInForce:
 
 def pump(state: PartitionState, rules: RulesInForce, now: int, admit: AdmitHead) -> None:
     """Start the heads of waiting queues, in priority and FIFO order, within limits."""
-    pumped_scopes: set[str] = set()
+    budgeted: dict[str, list[QueueId]] = {}
     for queue_id in state.queues_to_pump(now):
-        budget = rules.scope_rule_for(queue_id.scope)
-        if budget is None:
+        queue = state.queue_or_none(queue_id)
+        if queue is not None and queue.is_idle_at(now):
+            state.put_queue(queue, now)  # its rate debt or hold ran out: drop its state
+        if rules.scope_rule_for(queue_id.scope) is None:
             _pump_queue(state, rules, queue_id, now, admit)
-        elif queue_id.scope not in pumped_scopes:
-            pumped_scopes.add(queue_id.scope)
-            _pump_scope(state, rules, queue_id.scope, budget, now, admit, queue_id)
+        else:
+            budgeted.setdefault(queue_id.scope, []).append(queue_id)
+    for scope, touched in budgeted.items():
+        budget = rules.scope_rule_for(scope)
+        assert budget is not None
+        _pump_scope(state, rules, scope, budget, now, admit, touched)
 
 
 def _pump_queue(
@@ -115,14 +120,14 @@ def _pump_scope(
     budget: LimitRule,
     now: int,
     admit: AdmitHead,
-    touched: QueueId,
+    touched: list[QueueId],
 ) -> None:
     """Start heads of the scope's queues while its budget allows, in fair-share order.
 
-    `touched` is a queue of the scope that asked for the pass: woken when a rate
-    budget frees, since any queue's wake pumps the whole scope.
+    `touched` are the scope's queues that asked for this pass (at least one).
     """
-    if _scope_blocked(state, scope, budget, now, touched):
+    # Any queue's wake pumps the whole scope: the first one stands for it.
+    if _scope_blocked(state, scope, budget, now, touched[0]):
         return  # before reading the queues: a full budget is the common case under load
     # The ready queues by `fair_order`; one that is not ready stays not ready for the
     # rest of this pass (time stands still, and only starts happen).
@@ -139,7 +144,7 @@ def _pump_scope(
         if isinstance(verdict, Blocked) and verdict.until_ms is not None:
             state.wake_queue_at(queue.id, verdict.until_ms)
 
-    for waiting in state.queues_of_scope(scope):
+    for waiting in _waiting_queues(state, scope, touched):
         offer(waiting)
     while heap:
         load = state.scope_load(scope)
@@ -159,6 +164,18 @@ def _pump_scope(
         queue = state.queue_or_none(queue_id)
         if queue is not None and queue.queued:
             offer(queue)
+
+
+def _waiting_queues(
+    state: PartitionState, scope: str, touched: list[QueueId]
+) -> list[VirtualQueue]:
+    """The scope's queues with work waiting. When the touched ones hold all the scope's
+    waiting work, no other queue needs reading: with a budget that has room, that is
+    every batch of a steady load."""
+    queues = [q for q in map(state.queue_or_none, touched) if q is not None and q.queued]
+    if sum(q.queued for q in queues) >= state.scope_load(scope).queued:
+        return queues
+    return state.queues_of_scope(scope)
 
 
 def _scope_blocked(

@@ -12,7 +12,7 @@ import logging
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline.codec.records import WireCodec
-from pipeline.runtime.scheduler.partition_state import Checkpoint, PartitionState
+from pipeline.runtime.scheduler.partition_state import LAYOUT, Checkpoint, PartitionState
 from pipeline.runtime.scheduler.state_store import StateStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,14 @@ def usable_start(
     checkpoint: Checkpoint | None, changelog: str, high: int, now_ms: int
 ) -> int | None:
     if checkpoint is None or checkpoint.changelog != changelog:
+        return None
+    if checkpoint.layout != LAYOUT:
+        log.info(
+            "local state has derived rows of layout %d, this version keeps layout %d: "
+            "restoring in full",
+            checkpoint.layout,
+            LAYOUT,
+        )
         return None
     if checkpoint.offset > high:
         log.warning("local checkpoint is ahead of %s (recreated?): restoring in full", changelog)
