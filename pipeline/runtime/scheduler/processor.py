@@ -297,6 +297,8 @@ class SchedulerProcessor:
         self._capacity.discard()
         for state in self._states.values():
             state.discard()
+        # What was due to be granted may have been due before this batch.
+        self._capacity.recount_all(self._states)
         committed = consumer.committed(consumer.assignment(), timeout=30)
         for tp in committed:
             consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
@@ -307,6 +309,8 @@ class SchedulerProcessor:
         for p in sorted({tp.partition for tp in partitions}):
             if p not in self._states:
                 self._states[p] = self._restore(p)
+                # The caps may have changed while no one held this partition.
+                self._capacity.recount_all({p: self._states[p]})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in {tp.partition for tp in partitions}:
