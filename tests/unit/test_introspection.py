@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.core.admission import Blocker
+from pipeline.core.admission import Blocker, LimitLevel
 from pipeline.core.introspection import (
     QueueReport,
+    awaiting_report,
     explain,
     parse_queue_address,
     queue_address,
@@ -239,3 +242,37 @@ def test_explanations_name_the_rule_that_blocks() -> None:
     assert (
         explain(queue_report(VirtualQueue(QUEUE, running=2), (), NOW)) == "nothing waits; 2 running"
     )
+
+
+def test_slots_held_by_invocations_awaiting_their_deployment_block_the_head_there() -> None:
+    full = VirtualQueue(QUEUE, queued=3, running=2, awaiting_capacity=1)
+    report = queue_report(full, [rule(concurrency=2)], NOW)
+    assert report.head_blocker is Blocker.DEPLOYMENT_CAPACITY
+    assert report.head_blocker_level is LimitLevel.DEPLOYMENT
+    assert report.next_eligible_ms is None and report.awaiting_capacity == 1
+    assert "cap of the deployment" in explain(report)
+    # Nothing queued, but admitted invocations wait for the cap: that is the head.
+    admitted = VirtualQueue(QUEUE, running=4, awaiting_capacity=4)
+    assert queue_report(admitted, [], NOW).head_blocker is Blocker.DEPLOYMENT_CAPACITY
+    # Slots held by running attempts only: plain concurrency.
+    busy = VirtualQueue(QUEUE, queued=1, running=2)
+    assert queue_report(busy, [rule(concurrency=2)], NOW).head_blocker is Blocker.CONCURRENCY
+
+
+def test_an_awaiting_invocation_counts_those_before_it_on_its_partition() -> None:
+    def awaiting(invocation_id: str, since: int, priority: int = 5) -> Invocation:
+        invocation = pending(invocation_id, 0, priority=priority)
+        return replace(
+            invocation,
+            status=InvocationStatus.AWAITING_CAPACITY,
+            deployment="S",
+            awaiting_since_ms=since,
+        )
+
+    me = awaiting("me", since=20)
+    others = [awaiting("early", 10), awaiting("late", 30), awaiting("urgent", 40, priority=0)]
+    report = awaiting_report(me, [me, *others])
+    assert (report.position, report.ahead) == (3, 2)
+    assert report.blocker is Blocker.DEPLOYMENT_CAPACITY and report.deployment == "S"
+    with pytest.raises(ValidationError, match="not awaiting deployment capacity"):
+        awaiting_report(pending("p", 0), [])

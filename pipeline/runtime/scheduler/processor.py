@@ -433,7 +433,7 @@ class SchedulerProcessor:
         )
         decision = decide(invocation, queue, event, context)
         self._store(state, invocation_id, decision, now)
-        self._execute(state, decision, source)
+        self._execute(state, decision, source, now)
 
     def _handler(self, target: Target, *, refresh: bool) -> HandlerDefinition | None:
         registry = self._registry
@@ -456,7 +456,9 @@ class SchedulerProcessor:
         if decision.queue is not None:
             state.put_queue(decision.queue, now)
 
-    def _execute(self, state: PartitionState, decision: Decision, source: Message | None) -> None:
+    def _execute(
+        self, state: PartitionState, decision: Decision, source: Message | None, now: int
+    ) -> None:
         for effect in decision.effects:
             match effect:
                 case Dispatch(order=order):
@@ -480,7 +482,7 @@ class SchedulerProcessor:
                 case SendInvocation(encoded_request=encoded):
                     self._send_invocation(state, encoded)
                 case CompleteCall(caller=caller, completion=completion):
-                    self._complete_call(caller, completion)
+                    self._complete_call(caller, completion, now)
                 case RequestCapacity(deployment=deployment):
                     self._capacity.request(self._states, state.partition, deployment)
                 case ReleaseCapacity(deployment=deployment):
@@ -510,12 +512,12 @@ class SchedulerProcessor:
         home = partition_for(request.partition_key, self._settings.runtime_partitions)
         self._produce(topic, home, request.partition_key, encoded)
 
-    def _complete_call(self, caller: Caller, completion: CallCompletion) -> None:
+    def _complete_call(self, caller: Caller, completion: CallCompletion, now: int) -> None:
         """Hand a callee's outcome to its caller's partition, in this transaction."""
         home = partition_for(caller.partition_key, self._settings.runtime_partitions)
         state = self._states.get(home)
         if state is not None:
-            self._apply(state, caller.invocation_id, CallCompleted(completion), self._clock())
+            self._apply(state, caller.invocation_id, CallCompleted(completion), now)
             return
         self._produce(
             self._names.invocations,
