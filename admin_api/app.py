@@ -78,7 +78,8 @@ _DESCRIPTION = """\
 Inspect what pipeline runs: invocations with their journal and last error, the virtual
 queues they wait in and what holds each back, and the services that worker deployments
 announce. Resume invocations that paused after their
-last retry. Change the limit rules of virtual queues while everything runs.
+last retry. Change the limit rules of virtual queues and the caps of worker pools
+(deployments) while everything runs.
 
 Every route except `/health` needs a bearer token from `PIPELINE_ADMIN_API_TOKENS`,
 sent as `Authorization: Bearer <token>`.
