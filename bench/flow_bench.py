@@ -12,11 +12,12 @@ record's time minus the request's creation time, both on this machine's clock) p
 of each, and what the admission check adds at p50.
 
 Then the scoped load again with a budget on the scope as a whole that never binds
-(`acme`: concurrency 100000), so that every start goes through the fair-share pass
-over the scope's waiting queues. Last, the scoped load and single sends once more with
-a cap on the `Bench` deployment that never binds either (100000 running), so that every
-invocation awaits a unit and is granted one: what the deployment cap's counting costs
-(here within one scheduler process, where it needs no extra round trip through Kafka).
+(`acme`: concurrency 100000, or `--scope-concurrency`), so that every start goes
+through the fair-share pass over the scope's waiting queues. Last, the scoped load and
+single sends once more with a cap on the `Bench` deployment that never binds either
+(100000 running), so that every invocation awaits a unit and is granted one: what the
+deployment cap's counting costs (here within one scheduler process, where it needs no
+extra round trip through Kafka).
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument(
+        "--scope-concurrency",
+        type=int,
+        default=100_000,
+        help="the scope budget's concurrency; the default never binds",
+    )
     args = parser.parse_args()
     report: dict[str, object] = {"machine": f"{os.cpu_count()} cores"}
     with broker() as bootstrap:
@@ -145,7 +152,9 @@ def main() -> None:
 
                 # The scope's shared budget, never binding either: every start now goes
                 # through the fair-share pass over the scope's waiting queues.
-                budget = LimitRule("acme-total", RulePattern.parse("acme"), concurrency=100_000)
+                budget = LimitRule(
+                    "acme-total", RulePattern.parse("acme"), concurrency=args.scope_concurrency
+                )
                 with_budget = put(put(RuleSet(), [rule], expected_version=0), [budget], 1)
                 writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
                 writer.write(with_budget)

@@ -10,6 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.fair_share import fair_order
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import InvocationRequest, QueueId, Target
 from pipeline.core.state import Invocation, VirtualQueue
@@ -235,7 +236,10 @@ def test_an_old_checkpoint_is_kept_when_nothing_was_written_after_it() -> None:
 
 
 QUEUE_OPERATION = st.one_of(
-    st.tuples(st.just("put"), st.integers(0, 5), st.integers(0, 2), st.integers(0, 1)),
+    # (queue, queued, running, finish tag)
+    st.tuples(
+        st.just("put"), st.integers(0, 5), st.integers(0, 2), st.integers(0, 1), st.integers(0, 3)
+    ),
     st.tuples(st.just("commit")),
     st.tuples(st.just("discard")),
 )
@@ -244,7 +248,7 @@ QUEUE_OPERATION = st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(QUEUE_OPERATION, max_size=50))
 # Closed, reopened and closed again in one batch: the stored marker must still go.
-@example([("put", 0, 1, 0), ("commit",), *[("put", 0, n, 0) for n in (0, 1, 0)], ("commit",)])
+@example([("put", 0, 1, 0, 0), ("commit",), *[("put", 0, n, 0, 0) for n in (0, 1, 0)], ("commit",)])
 def test_the_queues_a_scope_has_waiting_follow_the_queue_rows(
     tmp_path_factory: pytest.TempPathFactory, operations: list[tuple[object, ...]]
 ) -> None:
@@ -258,8 +262,10 @@ def test_the_queues_a_scope_has_waiting_follow_the_queue_rows(
         changelog: list[tuple[str, bytes | None]] = []
         for operation in operations:
             if operation[0] == "put":
-                _, k, queued, running = operation
-                queue = VirtualQueue(QueueId("acme", f"k{k}"), queued=queued, running=running)
+                _, k, queued, running, tag = operation
+                queue = VirtualQueue(
+                    QueueId("acme", f"k{k}"), queued=queued, running=running, vfinish=float(tag)
+                )
                 state.put_queue(queue, now_ms=0)
                 batch[queue.id] = queued
             elif operation[0] == "commit":
@@ -268,15 +274,18 @@ def test_the_queues_a_scope_has_waiting_follow_the_queue_rows(
                 state.commit(writes, None)
                 committed.update(batch)
                 batch.clear()
-                # No marker outlives its queue's waiting work, even if never read.
+                # No index row outlives its queue's waiting work, even if never read.
                 stored = (bytes(k) for k in store.db.keys())  # noqa: SIM118 (a Rdict, not a dict)
-                markers = {k[3:].decode() for k in stored if k[2:3] == b"o"}
-                assert markers == {str(q) for q, n in committed.items() if n}
+                after_tag = 3 + len(b"acme\x00") + 8  # partition, "f", scope, vfinish
+                rows = {k[after_tag:].decode() for k in stored if k[2:3] == b"f"}
+                assert rows == {q.limit_key for q, n in committed.items() if n}
             else:
                 state.discard()
                 batch.clear()
             expected = {q for q, n in {**committed, **batch}.items() if n}
-            assert {q.id for q in state.queues_of_scope("acme")} == expected
+            waiting = list(state.queues_of_scope("acme"))
+            assert {q.id for q in waiting} == expected
+            assert waiting == sorted(waiting, key=fair_order)
         restored = PartitionState(replica, 0, CODEC)
         for key, value in changelog:
             restored.apply_changelog(key.encode(), value, 0)

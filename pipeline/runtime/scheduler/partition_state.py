@@ -18,7 +18,9 @@ Row layout, every key after the partition's two-byte prefix:
     k {at_ms}{queue}             when a throttled queue may start again (derived)
     a {deployment} 0x00 {prio}{since_ms}{id}
                                  -> id: invocations awaiting deployment capacity (derived)
-    o {scope}/{limit key}        a queue of a scope with work waiting (derived)
+    f {scope} 0x00 {vfinish}{limit key}
+                                 a queue of a scope with work waiting, in fair-share
+                                 order (derived; vfinish as a big-endian double)
 
 Derived rows are kept in step with the state rows they come from, so nothing needs
 rebuilding in memory on restart: recovery reads the changelog from the checkpoint on.
@@ -31,6 +33,7 @@ import heapq
 import json
 import logging
 import math
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -53,7 +56,7 @@ QUEUE_PREFIX = "q/"
 SCOPE_PREFIX = "s/"
 DEPLOYMENT_PREFIX = "d/"
 
-LAYOUT = 2  # 2: the `a` and `o` indexes
+LAYOUT = 2  # 2: the `a` and `f` indexes
 _CACHE_ROWS = 10_000
 _FLOORS = 50_000
 _PRUNE_MAX = 1_000
@@ -156,22 +159,35 @@ class PartitionState:
         found.update(d for d, load in self._deployments.items() if load is not None)
         return sorted(found)
 
-    def queues_of_scope(self, scope: str) -> list[VirtualQueue]:
-        """The queues of `scope` with work waiting.
+    def queues_of_scope(self, scope: str) -> Iterator[VirtualQueue]:
+        """The queues of `scope` with work waiting, in fair-share order (`fair_order`)
+        as of this call: a queue changed while this runs is not seen again.
 
-        Read from the `o` index rather than the queue rows: those are rewritten by
+        Read from the `f` index rather than the queue rows: those are rewritten by
         every batch that touches them, and a scan would wade through every version.
         """
-        prefix = self._p + b"o" + scope.encode() + b"/"
-        keys = {bytes(key) for key in self._scan(prefix, prefix)}
-        keys.update(k for k in self._index if k.startswith(prefix))
-        return [
-            queue
-            for key in keys
-            if self._index.get(key, b"") is not None
-            and (queue := self.queue_or_none(QueueId.parse(key[3:].decode()))) is not None
-            and queue.queued
-        ]
+        prefix = self._p + b"f" + scope.encode() + b"\x00"
+        batch = [(k, v) for k, v in self._index.items() if k.startswith(prefix)]
+        new = sorted(k for k, v in batch if v is not None)
+        deleted = {k for k, v in batch if v is None}
+        for key in heapq.merge(self._live_stored(prefix, deleted), new):
+            queue = self.queue_or_none(QueueId(scope, key[len(prefix) + 8 :].decode()))
+            if queue is not None and queue.queued:
+                yield queue
+
+    def _live_stored(self, prefix: bytes, deleted: set[bytes]) -> Iterator[bytes]:
+        """The stored keys under `prefix` this batch did not delete, in order; moves the
+        prefix's floor up to the first of them (or past all, when there is none)."""
+        first = True
+        for key in self._scan(self._floor(prefix), prefix):
+            if key in deleted:
+                continue
+            if first:
+                self._set_floor(prefix, key)
+                first = False
+            yield key
+        if first:
+            self._set_floor(prefix, prefix + b"\xff")
 
     def _scan(self, start: bytes, prefix: bytes) -> Iterator[bytes]:
         """The stored keys under `prefix`, in order, from `start` on."""
@@ -286,14 +302,11 @@ class PartitionState:
         queue = after or before
         if queue is None or not queue.id.scope:
             return
-        was_open = before is not None and before.queued > 0
-        is_open = after is not None and after.queued > 0
-        if was_open != is_open:
-            key = self._p + b"o" + str(queue.id).encode()
-            if is_open:
-                self._index_new(key, "")
-            else:
-                self._unindex(key)
+        old, new = _fair_key(self._p, before), _fair_key(self._p, after)
+        if old != new:
+            self._unindex(old)
+            if new is not None:
+                self._index_new(new, "")
 
     def put_scope(self, load: ScopeLoad, now_ms: int) -> None:
         self._scopes[load.scope] = None if load.is_idle_at(now_ms) else load
@@ -633,8 +646,22 @@ class PartitionState:
             log.warning("skipping changelog record with unknown key %r", text)
 
 
+def _fair_key(partition_prefix: bytes, queue: VirtualQueue | None) -> bytes | None:
+    if queue is None or not queue.queued or not queue.id.scope:
+        return None
+    return (
+        partition_prefix
+        + b"f"
+        + queue.id.scope.encode()
+        + b"\x00"
+        # Big-endian IEEE 754 sorts like the number for the tags, which are >= 0.
+        + struct.pack(">d", queue.vfinish)
+        + queue.id.limit_key.encode()
+    )
+
+
 def _index_prefix(key: bytes) -> bytes:
-    if key[2:3] in (b"w", b"a"):
+    if key[2:3] in (b"w", b"a", b"f"):
         return key[: key.index(b"\x00", 3) + 1]
     return key[:3]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TypeVar
 
@@ -124,13 +124,17 @@ def _pump_scope(
 ) -> None:
     """Start heads of the scope's queues while its budget allows, in fair-share order.
 
-    `touched` are the scope's queues that asked for this pass (at least one).
+    `touched` are the scope's queues that asked for this pass (at least one). The
+    scope's waiting queues are read in `fair_order` only as far as the starts need:
+    a budget with room for a few starts reads a few queues, however many wait.
     """
     # Any queue's wake pumps the whole scope: the first one stands for it.
     if _scope_blocked(state, scope, budget, now, touched[0]):
         return  # before reading the queues: a full budget is the common case under load
-    # The ready queues by `fair_order`; one that is not ready stays not ready for the
-    # rest of this pass (time stands still, and only starts happen).
+    source = _waiting_queues(state, scope, touched)
+    unread = next(source, None)
+    # Ready queues read so far, by `fair_order`. One that is not ready stays not ready
+    # for the rest of this pass (time stands still, and only starts happen).
     heap: list[tuple[tuple[float, str], QueueId]] = []
     contenders: dict[QueueId, Contender] = {}
 
@@ -144,14 +148,21 @@ def _pump_scope(
         if isinstance(verdict, Blocked) and verdict.until_ms is not None:
             state.wake_queue_at(queue.id, verdict.until_ms)
 
-    for waiting in _waiting_queues(state, scope, touched):
-        offer(waiting)
+    def read_ahead() -> None:
+        """Read until the heap's top comes before every queue not read yet."""
+        nonlocal unread
+        while unread is not None and (not heap or fair_order(unread) < heap[0][0]):
+            offer(unread)
+            unread = next(source, None)
+
+    read_ahead()
     while heap:
         load = state.scope_load(scope)
         if _scope_blocked(state, scope, budget, now, heap[0][1]):
             return
         _, queue_id = heapq.heappop(heap)
         chosen = contenders.pop(queue_id)
+        read_ahead()
         others = start_tag(contenders[heap[0][1]].queue, load) if heap else None
         load, vfinish = started(load, chosen, others, budget, now)
         if not admit(state, queue_id, now):
@@ -164,17 +175,18 @@ def _pump_scope(
         queue = state.queue_or_none(queue_id)
         if queue is not None and queue.queued:
             offer(queue)
+        read_ahead()
 
 
 def _waiting_queues(
     state: PartitionState, scope: str, touched: list[QueueId]
-) -> list[VirtualQueue]:
-    """The scope's queues with work waiting. When the touched ones hold all the scope's
-    waiting work, no other queue needs reading: with a budget that has room, that is
-    every batch of a steady load."""
+) -> Iterator[VirtualQueue]:
+    """The scope's queues with work waiting, in `fair_order`. When the touched ones hold
+    all the scope's waiting work, no other queue needs reading: with a budget that has
+    room, that is every batch of a steady load."""
     queues = [q for q in map(state.queue_or_none, touched) if q is not None and q.queued]
     if sum(q.queued for q in queues) >= state.scope_load(scope).queued:
-        return queues
+        return iter(sorted(queues, key=fair_order))
     return state.queues_of_scope(scope)
 
 
