@@ -56,7 +56,7 @@ QUEUE_PREFIX = "q/"
 SCOPE_PREFIX = "s/"
 DEPLOYMENT_PREFIX = "d/"
 
-LAYOUT = 2  # 2: the `a` and `f` indexes
+LAYOUT = 3  # 2: the `a` and `o` indexes; 3: `f` in place of `o`
 _CACHE_ROWS = 10_000
 _FLOORS = 50_000
 _PRUNE_MAX = 1_000
