@@ -401,6 +401,7 @@ class WireCodec:
                 "queued": load.queued,
                 "rate_tat_ms": load.rate_tat_ms,
                 "vclock": load.vclock,
+                "vmax": load.vmax,
             },
         )
 

@@ -17,13 +17,15 @@ contenders in a heap across the starts of one pass instead of comparing them all
 every start.
 
 An idle queue's state is dropped (memory must not grow with the number of queues), so
-a queue that comes back has no finish tag of its own: it gets one just above the
-clock, behind every queue already waiting at the clock. Without that, a queue that
-goes idle and comes back between two starts would win every start at the clock and
-starve the others. No waiting queue starves: every start raises the starter's tag by
-1/weight, and a newcomer never gets a tag below the clock, so the queue with the
-smallest tag is reached after a bounded number of starts. Between two queues that both
-keep waiting, starts divided by weight never differ by more than 1/w1 + 1/w2.
+a queue that comes back has no finish tag of its own: it gets one just above every
+finish tag handed out so far in the scope (`vmax`), behind every queue already
+waiting. A tag just above the clock is not enough: the clock trails the tags of
+queues that have started and wait again, so a queue that goes idle and comes back
+between two starts would get ahead of them every time and starve them. No waiting
+queue starves: every start raises the starter's tag by 1/weight, and a newcomer never
+gets a tag below a waiting queue's, so the queue with the smallest tag is reached
+after a bounded number of starts. Between two queues that both keep waiting, starts
+divided by weight never differ by more than 1/w1 + 1/w2.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ScopeLoad:
     queued: int = 0
     rate_tat_ms: float = 0.0
     vclock: float = 0.0
+    vmax: float = 0.0  # the greatest finish tag handed out in the scope
 
     def is_idle_at(self, now_ms: int) -> bool:
         return self.running == 0 and self.queued == 0 and self.rate_tat_ms <= now_ms
@@ -93,8 +96,9 @@ def start_tag(queue: VirtualQueue, load: ScopeLoad) -> float:
 
 
 def arrival_tag(load: ScopeLoad) -> float:
-    """The finish tag of a queue that just appeared in the scope: behind the clock."""
-    return math.nextafter(load.vclock, math.inf)
+    """The finish tag of a queue that just appeared in the scope: behind every queue
+    that waits."""
+    return math.nextafter(max(load.vclock, load.vmax), math.inf)
 
 
 def fair_order(queue: VirtualQueue) -> tuple[float, str]:
@@ -140,7 +144,8 @@ def started(
     rate_tat_ms = load.rate_tat_ms
     if scope_rule is not None and scope_rule.rate_per_s is not None:
         rate_tat_ms = gcra_started(RateState(rate_tat_ms), scope_rule.rate_per_s, now_ms).tat_ms
-    return replace(load, vclock=vclock, rate_tat_ms=rate_tat_ms), finish
+    vmax = max(load.vmax, finish)
+    return replace(load, vclock=vclock, vmax=vmax, rate_tat_ms=rate_tat_ms), finish
 
 
 def _count(queue: VirtualQueue | None, field: str) -> int:

@@ -116,6 +116,14 @@ def test_starts_follow_weights_between_any_two_waiting_queues(
 # k1 waits at the clock while k0 goes idle and comes back before every start: k0 must
 # not win the tie at the clock each time.
 @example([(1, True), (1, True), (1, False), *[(0, True), (0, False)] * 3])
+# k1 waits with a tag above the clock (it started before) while k0 keeps coming back:
+# k0 must not get a tag below k1's each time. Found by CI with a tag "above the clock".
+@example(
+    [
+        *[(0, True), (1, True), (0, False), (0, True), (1, True), (0, False), (2, True)],
+        *[(0, False), (0, True), (0, True), (0, False), (0, False), (0, False)],
+    ]
+)
 def test_no_queue_starves_as_queues_come_and_go(events: list[tuple[int, bool]]) -> None:
     """A queue that waits is started before any other queue starts twice more
     than its share allows: with equal weights, before any other starts twice."""

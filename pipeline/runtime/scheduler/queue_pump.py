@@ -169,7 +169,12 @@ def _pump_scope(
             return
         state.put_queue(replace(state.queue(queue_id), vfinish=vfinish), now)
         state.put_scope(
-            replace(state.scope_load(scope), vclock=load.vclock, rate_tat_ms=load.rate_tat_ms),
+            replace(
+                state.scope_load(scope),
+                vclock=load.vclock,
+                vmax=load.vmax,
+                rate_tat_ms=load.rate_tat_ms,
+            ),
             now,
         )
         queue = state.queue_or_none(queue_id)
