@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.deployment import DeploymentLoad
+from pipeline.core.ids import sent_id
 from pipeline.core.introspection import QueueReport, WaitingReport, explain, queue_address
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import (
@@ -96,6 +97,12 @@ class WaitingModel(_Response):
     )
 
 
+class AwaitedCallModel(_Response):
+    entry_index: int = Field(description="The call's entry in the journal.")
+    callee_id: str = Field(description="The invocation it awaits: GET /invocations/{id}.")
+    target: str = Field(description="What it called: `Service/handler`.")
+
+
 class InvocationResponse(_Response):
     id: str
     status: str = Field(
@@ -120,6 +127,10 @@ class InvocationResponse(_Response):
         description="For a pending invocation: where it stands in its queue and what "
         "holds the queue back; for one awaiting capacity: which deployment's cap. Null "
         "otherwise.",
+    )
+    awaiting_call: AwaitedCallModel | None = Field(
+        default=None,
+        description="For a suspended invocation: the call whose result resumes it.",
     )
 
 
@@ -393,6 +404,17 @@ def invocation_response(
         last_error=_last_error(invocation.last_failure),
         output_size_bytes=None if invocation.output is None else len(invocation.output),
         waiting=None if waiting is None else _waiting(waiting),
+        awaiting_call=_awaited_call(invocation),
+    )
+
+
+def _awaited_call(invocation: Invocation) -> AwaitedCallModel | None:
+    index = invocation.awaiting_call
+    if index is None or index >= len(invocation.journal):
+        return None
+    target = invocation.journal[index].name
+    return AwaitedCallModel(
+        entry_index=index, callee_id=sent_id(invocation.id, index), target=target
     )
 
 

@@ -239,6 +239,7 @@ def test_invocation_is_rendered_in_full() -> None:
         "last_error": {"type": "CardError", "message": "card declined", "terminal": True},
         "output_size_bytes": None,
         "waiting": None,
+        "awaiting_call": None,
     }
 
 
@@ -444,3 +445,30 @@ def test_openapi_documents_every_route_with_a_summary() -> None:
     assert resume["security"] == [{"HTTPBearer": []}]
     assert {"202", "401", "404", "409", "503"} <= set(resume["responses"])
     assert "200" not in resume["responses"]
+
+
+def test_a_suspended_invocation_names_the_call_it_awaits() -> None:
+    request = InvocationRequest("parent", Target("Billing", "charge"), b"{}", 1)
+    suspended = Invocation(
+        request,
+        InvocationStatus.SUSPENDED,
+        attempt=1,
+        journal=(
+            JournalEntry(0, EntryKind.RUN, "reserve", value=b"ok"),
+            JournalEntry(1, EntryKind.CALL, "Pricing/quote"),
+        ),
+        awaiting_call=1,
+    )
+    body = client([suspended]).get("/invocations/parent", headers=AUTH).json()
+    assert body["status"] == "suspended"
+    assert body["awaiting_call"] == {
+        "entry_index": 1,
+        "callee_id": "parent:send:1",
+        "target": "Pricing/quote",
+    }
+    assert (
+        client([failed_after_retries()])
+        .get(f"/invocations/{failed_after_retries().id}", headers=AUTH)
+        .json()["awaiting_call"]
+        is None
+    )
