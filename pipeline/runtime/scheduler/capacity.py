@@ -27,9 +27,14 @@ StartGranted = Callable[[PartitionState, str, str], None]
 Send = Callable[[int, CapacityMessage], None]
 
 
+def deployment_key(deployment: str) -> str:
+    """The partition key of `deployment`'s capacity messages."""
+    return "deployment:" + deployment
+
+
 def home_partition(deployment: str, partitions: int) -> int:
     """The partition that counts `deployment`'s capacity."""
-    return partition_for("deployment:" + deployment, partitions)
+    return partition_for(deployment_key(deployment), partitions)
 
 
 class CapacityExchange:

@@ -76,7 +76,7 @@ from pipeline.core.scheduler import (
 from pipeline.errors import DecodeError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.limit_rules import LimitRuleReader
-from pipeline.runtime.scheduler.capacity import CapacityExchange
+from pipeline.runtime.scheduler.capacity import CapacityExchange, deployment_key
 from pipeline.runtime.scheduler.partition_state import ChangelogWrite, Checkpoint, PartitionState
 from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
 from pipeline.runtime.scheduler.restore import restore
@@ -533,7 +533,7 @@ class SchedulerProcessor:
         return start
 
     def _send_capacity(self, partition: int, message: CapacityMessage) -> None:
-        key = "deployment:" + message.deployment
+        key = deployment_key(message.deployment)
         self._produce(self._names.invocations, partition, key, self._codec.encode_capacity(message))
 
     # -- output ----------------------------------------------------------------------

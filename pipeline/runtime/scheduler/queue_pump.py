@@ -106,8 +106,7 @@ def _pump_queue(
     while (queue := state.queue_or_none(queue_id)) is not None and queue.queued > 0:
         verdict = admission(queue, rule, now)
         if isinstance(verdict, Blocked):
-            if verdict.until_ms is not None:
-                state.wake_queue_at(queue_id, verdict.until_ms)
+            _wake_when_clear(state, queue_id, verdict)
             return
         if not admit(state, queue_id, now):
             return
@@ -139,14 +138,13 @@ def _pump_scope(
     contenders: dict[QueueId, Contender] = {}
 
     def offer(queue: VirtualQueue) -> None:
-        contender = Contender(queue, rules.rule_for(queue.id))
-        if contender.ready(now):
-            contenders[queue.id] = contender
-            heapq.heappush(heap, (fair_order(queue), queue.id))
+        rule = rules.rule_for(queue.id)
+        verdict = admission(queue, rule, now)
+        if isinstance(verdict, Blocked):
+            _wake_when_clear(state, queue.id, verdict)
             return
-        verdict = admission(queue, contender.rule, now)
-        if isinstance(verdict, Blocked) and verdict.until_ms is not None:
-            state.wake_queue_at(queue.id, verdict.until_ms)
+        contenders[queue.id] = Contender(queue, rule)
+        heapq.heappush(heap, (fair_order(queue), queue.id))
 
     def read_ahead() -> None:
         """Read until the heap's top comes before every queue not read yet."""
@@ -202,11 +200,15 @@ def _scope_blocked(
     verdict = scope_admission(state.scope_load(scope), budget, now)
     if not isinstance(verdict, Blocked):
         return False
-    if verdict.until_ms is not None:
-        # A rate budget frees at a known instant; a full concurrency budget frees when
-        # an attempt ends, which touches its queue and pumps the scope again.
-        state.wake_queue_at(wake, verdict.until_ms)
+    _wake_when_clear(state, wake, verdict)
     return True
+
+
+def _wake_when_clear(state: PartitionState, queue_id: QueueId, verdict: Blocked) -> None:
+    """Look at the queue again when a timed blocker (rate, hold) clears. Concurrency and
+    pauses clear on a change (an attempt ending, a rule edited), which pumps it anyway."""
+    if verdict.until_ms is not None:
+        state.wake_queue_at(queue_id, verdict.until_ms)
 
 
 def _cached(cache: dict[_K, _V], key: _K, compute: Callable[[_K], _V]) -> _V:
