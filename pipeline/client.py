@@ -25,7 +25,8 @@ from pipeline.core.model import (
     Target,
 )
 from pipeline.core.partitioning import partition_for
-from pipeline.errors import RetryableError, TerminalError
+from pipeline.core.payload import request_too_large
+from pipeline.errors import RetryableError, TerminalError, ValidationError
 from pipeline.runtime.tracing import inject_headers
 from pipeline.sdk.serde import JsonSerde, Serde
 from pipeline.settings import Settings
@@ -108,6 +109,14 @@ class Client:
             if err is not None:
                 errors.append(str(err))
 
+        requests = list(requests)
+        limits = self._settings.payload_limits
+        for request in requests:
+            too_large = request_too_large(request, limits)
+            if too_large is not None:
+                # The scheduler would dead-letter it; refused here (before any is sent),
+                # the caller hears why.
+                raise ValidationError(f"{too_large} (PIPELINE_MAX_REQUEST_BYTES)")
         for request in requests:
             partition = partition_for(request.partition_key, self._settings.runtime_partitions)
             while True:

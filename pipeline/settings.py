@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.core.payload import KIB, PayloadLimits
 from topics import TopicCatalogue, TopicNames
 
 
@@ -60,12 +61,56 @@ class Settings(BaseSettings):
         "$XDG_STATE_HOME/pipeline, else ~/.local/state/pipeline.",
     )
 
+    max_request_bytes: int = Field(
+        default=256 * KIB,
+        ge=1 * KIB,
+        description="Largest invocation request (input, headers and ids) accepted; a "
+        "larger record on `invocations` goes to the dead-letter topic with the reason.",
+    )
+    max_output_bytes: int = Field(
+        default=256 * KIB,
+        ge=1 * KIB,
+        description="Largest handler output; a larger one fails the invocation with a "
+        "PayloadTooLarge result.",
+    )
+    max_journal_bytes: int = Field(
+        default=384 * KIB,
+        ge=1 * KIB,
+        description="Largest journal of one invocation (every step's value, the requests "
+        "of sends and calls, call results); a step beyond it fails the invocation.",
+    )
+    max_record_bytes: int = Field(
+        default=2048 * KIB,
+        ge=64 * KIB,
+        description="`max.message.bytes` of the runtime topics; the limits above must fit "
+        "in it, and the dead-letter topic takes a copy of any record plus its reason.",
+    )
+
     admin_api_host: str = "127.0.0.1"
     admin_api_port: int = 8080
     admin_api_tokens: tuple[SecretStr, ...] = (SecretStr("dev-token"),)
 
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+
+    @model_validator(mode="after")
+    def _limits_fit_records(self) -> Settings:
+        needed = self.payload_limits.record_bytes_needed
+        if needed > self.max_record_bytes:
+            raise ValueError(
+                f"max_request_bytes, max_output_bytes and max_journal_bytes need records of "
+                f"{needed} bytes, over max_record_bytes={self.max_record_bytes}: lower them "
+                "or raise PIPELINE_MAX_RECORD_BYTES"
+            )
+        return self
+
+    @property
+    def payload_limits(self) -> PayloadLimits:
+        return PayloadLimits(
+            max_request_bytes=self.max_request_bytes,
+            max_output_bytes=self.max_output_bytes,
+            max_journal_bytes=self.max_journal_bytes,
+        )
 
     def membership(self, role: str) -> dict[str, str | int]:
         """Consumer-group membership settings of a process of `role`."""
@@ -85,4 +130,5 @@ class Settings(BaseSettings):
             runtime_partitions=self.runtime_partitions,
             results_partitions=self.results_partitions,
             replication_factor=self.replication_factor,
+            max_record_bytes=self.max_record_bytes,
         )

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 _DAY_MS = 24 * 3600 * 1000
 
 COMPACTED: dict[str, str] = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+MAX_MESSAGE_BYTES = "max.message.bytes"
+# The dead-letter topic takes a copy of any record of the others plus its reason.
+DEAD_LETTER_HEADROOM = 64 * 1024
 
 
 def _retained(days: int) -> dict[str, str]:
@@ -84,20 +87,32 @@ class TopicCatalogue:
     runtime_partitions: int = 8
     results_partitions: int = 8
     replication_factor: int = 1
+    max_record_bytes: int = 2 * 1024 * 1024
+
+    @property
+    def dead_letter_record_bytes(self) -> int:
+        return self.max_record_bytes + DEAD_LETTER_HEADROOM
 
     def specs(self) -> tuple[TopicSpec, ...]:
         n, rf = self.names, self.replication_factor
         runtime = self.runtime_partitions
+        sized = {MAX_MESSAGE_BYTES: str(self.max_record_bytes)}
+        compacted = {**COMPACTED, **sized}
         return (
-            TopicSpec(n.invocations, runtime, rf, _retained(7)),
-            TopicSpec(n.journal, runtime, rf, _retained(7)),
-            TopicSpec(n.dispatch, runtime, rf, _retained(1)),
-            TopicSpec(n.queue_state, runtime, rf, dict(COMPACTED)),
-            TopicSpec(n.scheduler_state, runtime, rf, dict(COMPACTED)),
-            TopicSpec(n.results, self.results_partitions, rf, _retained(7)),
-            TopicSpec(n.services, 1, rf, dict(COMPACTED)),
+            TopicSpec(n.invocations, runtime, rf, {**_retained(7), **sized}),
+            TopicSpec(n.journal, runtime, rf, {**_retained(7), **sized}),
+            TopicSpec(n.dispatch, runtime, rf, {**_retained(1), **sized}),
+            TopicSpec(n.queue_state, runtime, rf, dict(compacted)),
+            TopicSpec(n.scheduler_state, runtime, rf, dict(compacted)),
+            TopicSpec(n.results, self.results_partitions, rf, {**_retained(7), **sized}),
+            TopicSpec(n.services, 1, rf, dict(compacted)),
             # One partition: every reader needs the one newest rule set, in write order.
-            TopicSpec(n.limits, 1, rf, dict(COMPACTED)),
-            TopicSpec(n.streams, self.results_partitions, rf, _retained(1)),
-            TopicSpec(n.dead_letter, 1, rf, _retained(30)),
+            TopicSpec(n.limits, 1, rf, dict(compacted)),
+            TopicSpec(n.streams, self.results_partitions, rf, {**_retained(1), **sized}),
+            TopicSpec(
+                n.dead_letter,
+                1,
+                rf,
+                {**_retained(30), MAX_MESSAGE_BYTES: str(self.dead_letter_record_bytes)},
+            ),
         )

@@ -9,12 +9,14 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
     ConfigResource,
     NewTopic,
     OffsetSpec,
 )
 
-from topics.catalogue import TopicCatalogue, TopicSpec
+from topics.catalogue import MAX_MESSAGE_BYTES, TopicCatalogue, TopicSpec
 
 # Configs whose mismatch changes semantics (compaction vs deletion); others are tuning.
 _CHECKED_CONFIGS = ("cleanup.policy",)
@@ -80,6 +82,34 @@ def _wait_until_readable(admin: AdminClient, names: list[str], timeout_s: float)
             time.sleep(0.05)
 
 
+def _raise_record_limit(
+    admin: AdminClient, topic: str, want: str, timeout_s: float
+) -> str | None:
+    """Raise a topic's record limit to what the runtime needs (a topic made by an older
+    version, or by hand); smaller, a record the runtime derives could be refused."""
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(
+                MAX_MESSAGE_BYTES,
+                want,
+                incremental_operation=AlterConfigOpType.SET,
+            )
+        ],
+    )
+    try:
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout_s)
+    except KafkaException as exc:
+        return (
+            f"topic {topic!r} takes records smaller than the {want} bytes the runtime needs "
+            f"({MAX_MESSAGE_BYTES}), and raising it failed: {exc.args[0]}; raise it by hand "
+            "or lower PIPELINE_MAX_RECORD_BYTES"
+        )
+    return None
+
+
 def _check_existing(
     admin: AdminClient, specs: list[TopicSpec], existing: Mapping[str, Any], timeout_s: float
 ) -> None:
@@ -103,5 +133,11 @@ def _check_existing(
                     problems.append(
                         f"topic {spec.name!r} has {name}={have}, the catalogue says {want}"
                     )
+            want_size = spec.configs.get(MAX_MESSAGE_BYTES)
+            have_size = configs[MAX_MESSAGE_BYTES].value if MAX_MESSAGE_BYTES in configs else None
+            if want_size is not None and have_size is not None and int(have_size) < int(want_size):
+                problem = _raise_record_limit(admin, spec.name, want_size, timeout_s)
+                if problem is not None:
+                    problems.append(problem)
     if problems:
         raise TopicMismatch("; ".join(problems))

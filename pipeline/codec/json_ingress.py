@@ -33,7 +33,13 @@ def _reject_constant(name: str) -> NoReturn:
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 # json.dumps builds a new encoder per call when given separators; reuse one instead.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# allow_nan=False: a number too large for a float (1e400) parses as inf, which has no
+# JSON spelling.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+# Deeper input parses here but may not in a handler, whose stack starts deeper: refuse
+# it at the edge rather than fail every attempt.
+MAX_DEPTH = 256
 
 _JSON_TYPES: dict[type, str] = {
     dict: "an object",
@@ -84,8 +90,17 @@ def parse_request(
         raise DecodeError(
             f"invalid JSON at line {exc.lineno} column {exc.colno} (char {exc.pos}): {exc.msg}"
         ) from exc
+    except RecursionError as exc:
+        raise DecodeError(
+            "invalid JSON: nested too deeply (arrays and objects within each other)"
+        ) from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise DecodeError(f"invalid JSON: {exc}") from exc
     if type(document) is not dict:
         raise DecodeError(f"invocation JSON must be an object, got {json_type(document)}")
+    # Nesting cannot be deeper than the number of brackets: count them in C first.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(document) > MAX_DEPTH:
+        raise DecodeError(f"invocation JSON is nested deeper than {MAX_DEPTH} levels")
     unknown = document.keys() - _FIELD_SET
     if unknown:
         raise DecodeError(
@@ -105,10 +120,16 @@ def parse_request(
         target, key, topic=topic, partition=partition, offset=offset
     )
     try:
+        encoded_input = _COMPACT.encode(document.get("input")).encode()
+    except RecursionError as exc:
+        raise DecodeError("field 'input' is nested too deeply to re-encode") from exc
+    except ValueError as exc:
+        raise DecodeError(f"field 'input' holds a number out of range: {exc}") from exc
+    try:
         return InvocationRequest(
             id=request_id,
             target=target,
-            input=_COMPACT.encode(document.get("input")).encode(),
+            input=encoded_input,
             created_at_ms=timestamp_ms,
             headers=headers,
             idempotency_key=key,
@@ -118,6 +139,24 @@ def parse_request(
         )
     except ValidationError as exc:
         raise DecodeError(f"invocation JSON is not valid: {exc}") from exc
+
+
+def _depth(document: object) -> int:
+    deepest = 0
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _target(value: Any) -> Target:

@@ -37,6 +37,9 @@ class Transition(StrEnum):
     RESUME = "resume"  # operator resumed a paused invocation
     SUSPEND = "suspend"  # the attempt ended awaiting a call's result
     WAKE = "wake"  # the awaited result is in: back into the queue
+    # The runtime cannot go on with it (a record about it made the scheduler fail):
+    # it fails with an internal error instead of stopping its partition.
+    ABANDON = "abandon"
 
 
 _S = InvocationStatus
@@ -58,6 +61,17 @@ TRANSITIONS: dict[tuple[InvocationStatus, Transition], InvocationStatus] = {
     # Suspended holding its queue's slot (hold_while_suspended): no admission again.
     (_S.SUSPENDED, _T.ADMIT): _S.RUNNING,
     (_S.SUSPENDED, _T.RESERVE): _S.AWAITING_CAPACITY,
+    **{
+        (status, _T.ABANDON): _S.FAILED
+        for status in (
+            _S.PENDING,
+            _S.AWAITING_CAPACITY,
+            _S.RUNNING,
+            _S.BACKING_OFF,
+            _S.PAUSED,
+            _S.SUSPENDED,
+        )
+    },
 }
 
 

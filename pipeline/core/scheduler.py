@@ -31,6 +31,15 @@ from pipeline.core.model import (
     ResultStatus,
     RetryPolicy,
 )
+from pipeline.core.payload import (
+    PayloadLimits,
+    cut_failure,
+    grown_too_large,
+    journal_bytes,
+    journal_too_large,
+    output_too_large,
+    too_large_failure,
+)
 from pipeline.core.retry import Exhausted, RetryAfter, after_failure
 from pipeline.core.state import Invocation, VirtualQueue
 
@@ -166,6 +175,9 @@ Effect = (
 )
 
 
+DEFAULT_LIMITS = PayloadLimits()
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionContext:
     now_ms: int
@@ -180,6 +192,7 @@ class DecisionContext:
     # The deployment of the invocation's service when it has a cap: then an admitted
     # invocation awaits a unit of that cap before its attempt starts.
     capped_deployment: str | None = None
+    limits: PayloadLimits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +372,11 @@ def _journal(
                 return Decision(
                     effects=(Ignored(f"entry {entry.index} arrived, expected {expected}"),)
                 )
+            too_large = journal_too_large(journal_bytes(invocation.journal), entry, ctx.limits)
+            if too_large is not None:
+                return _failed(invocation, queue, too_large_failure(too_large), None, ctx)
+            if entry.failure is not None:
+                entry = replace(entry, failure=cut_failure(entry.failure, ctx.limits))
             # Any progress report renews the lease, unless a fence is already on its way.
             wake = None if invocation.fence_requested else ctx.now_ms + ctx.lease_timeout_ms
             sends: tuple[Effect, ...] = ()
@@ -372,6 +390,9 @@ def _journal(
                 effects=sends,
             )
         case AttemptCompleted(output=output):
+            too_large = output_too_large(output, ctx.limits)
+            if too_large is not None:
+                return _failed(invocation, queue, too_large_failure(too_large), None, ctx)
             done = invocation.evolve(
                 status=transition(invocation.status, Transition.COMPLETE),
                 output=output,
@@ -385,7 +406,7 @@ def _journal(
             if hold and retry_after_ms is not None:
                 until = ctx.now_ms + retry_after_ms
                 queue = replace(queue, paused_until_ms=max(queue.paused_until_ms or 0, until))
-            return _failed(invocation, queue, failure, retry_after_ms, ctx)
+            return _failed(invocation, queue, cut_failure(failure, ctx.limits), retry_after_ms, ctx)
         case AttemptFenced(reason=reason):
             failure = Failure(f"attempt {invocation.attempt} fenced: {reason}", "AttemptFenced")
             return _failed(invocation, queue, failure, None, ctx)
@@ -437,6 +458,13 @@ def _call_completed(
     done = replace(journal[index], value=completion.output, failure=completion.failure)
     if done.value is None and done.failure is None:
         done = replace(done, value=b"")  # an output, even if empty, completes the call
+    others = (*journal[:index], *journal[index + 1 :])
+    too_large = grown_too_large(journal_bytes(others), done, ctx.limits)
+    if too_large is not None:
+        # The caller cannot keep the output: it sees the call fail, and says why.
+        done = replace(done, value=None, failure=too_large_failure(too_large))
+    elif done.failure is not None:
+        done = replace(done, failure=cut_failure(done.failure, ctx.limits))
     completed = invocation.evolve(journal=(*journal[:index], done, *journal[index + 1 :]))
     if completed.status is InvocationStatus.SUSPENDED and completed.awaiting_call == index:
         return _wake(completed, queue, (), ctx)
@@ -513,6 +541,52 @@ def _timer(invocation: Invocation | None, queue: VirtualQueue, ctx: DecisionCont
         )
         return _enqueue_and_start(pending, queue, ctx)
     return Decision(effects=(Ignored(f"no timer action in status {invocation.status.value}"),))
+
+
+def abandon(
+    invocation: Invocation | None, queue: VirtualQueue, reason: str, ctx: DecisionContext
+) -> Decision:
+    """Fail the invocation with an internal error, from whatever status it is in.
+
+    For when the runtime itself cannot go on with it (processing a record about it
+    raised): one invocation fails with a result that says so, and its partition, and
+    every other invocation on it, keeps going. The slots it held are given back.
+    """
+    if invocation is None or invocation.status.is_final:
+        return Decision(effects=(Ignored("nothing to abandon"),))
+    status = invocation.status
+    if status is InvocationStatus.PENDING:
+        queue = replace(queue, queued=max(0, queue.queued - 1))
+    elif status is InvocationStatus.AWAITING_CAPACITY:
+        queue = replace(
+            _release(queue), awaiting_capacity=max(0, queue.awaiting_capacity - 1)
+        )
+    elif status is InvocationStatus.RUNNING or (
+        status is InvocationStatus.SUSPENDED and invocation.holds_slot
+    ):
+        queue = _release(queue)
+    # A unit awaited is released when its grant finds the invocation gone (`_granted`).
+    given_back = _capacity_back(invocation) if status is InvocationStatus.RUNNING else ()
+    failed = invocation.evolve(
+        status=transition(status, Transition.ABANDON),
+        last_failure=cut_failure(Failure(reason, "InternalError", terminal=True), ctx.limits),
+        wake_at_ms=ctx.now_ms + ctx.retention_ms,
+        finished_at_ms=ctx.now_ms,
+        fence_requested=False,
+        deployment=None,
+        awaiting_since_ms=None,
+        awaiting_call=None,
+        holds_slot=False,
+    )
+    return Decision(failed, queue, (*given_back, *_finished(failed)))
+
+
+def refuse(request: InvocationRequest, failure: Failure, ctx: DecisionContext) -> Decision:
+    """A new request the runtime cannot take: failed at once, without its payload (which
+    may be what could not be taken), and remembered like any finished invocation."""
+    stripped = replace(request, input=b"", headers=())
+    failed = _refused(stripped, cut_failure(failure, ctx.limits), ctx)
+    return Decision(failed, effects=_finished(failed))
 
 
 def _finished(invocation: Invocation) -> tuple[Effect, ...]:

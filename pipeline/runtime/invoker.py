@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from confluent_kafka import Message
 from opentelemetry import trace
@@ -27,6 +27,7 @@ from pipeline.core.model import (
     Failure,
     JournalRecord,
 )
+from pipeline.core.payload import PayloadLimits, cut_failure, output_too_large, too_large_failure
 from pipeline.errors import LeaseLost, RateLimited, RetryableError, Suspended, TerminalError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.kafka_clients import AsyncProducer
@@ -139,7 +140,9 @@ class Invoker:
         tracer: trace.Tracer,
         lease_timeout_ms: int,
         lease_margin_ms: int,
+        limits: PayloadLimits | None = None,
     ) -> None:
+        self._limits = limits if limits is not None else PayloadLimits()
         self._services: Mapping[str, Service] = {s.name: s for s in services}
         self._producer = producer
         self._codec = codec
@@ -253,12 +256,14 @@ class Invoker:
             tracer=self._tracer,
             request_encoder=self._codec.encode_request,
             clock_ms=wall_clock_ms,
+            limits=self._limits,
         )
         try:
             output = await handler.invoke(ctx, order.request.input)
         except Exception as exc:
             span.record_exception(exc)
-            return attempt_failed(order, exc)
+            failed = attempt_failed(order, exc)
+            return replace(failed, failure=cut_failure(failed.failure, self._limits))
         except Suspended as suspended:
             if ctx.nondeterminism is not None:
                 return attempt_failed(order, ctx.nondeterminism)
@@ -268,4 +273,8 @@ class Invoker:
             # The handler caught the mismatch; its result rests on a journal it does not
             # match, so it must not become the invocation's result.
             return attempt_failed(order, ctx.nondeterminism)
+        too_large = output_too_large(output, self._limits)
+        if too_large is not None:
+            # Not sent: the scheduler would refuse it the same way, after carrying it.
+            return AttemptFailed(order.request.id, order.attempt, too_large_failure(too_large))
         return AttemptCompleted(order.request.id, order.attempt, output)

@@ -128,6 +128,7 @@ class Worker:
             tracer=self._tracer,
             lease_timeout_ms=self._settings.lease_timeout_ms,
             lease_margin_ms=self._settings.lease_margin_ms,
+            limits=self._settings.payload_limits,
         )
         running: set[asyncio.Task[None]] = set()
         try:

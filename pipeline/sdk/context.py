@@ -32,6 +32,13 @@ from pipeline.core.model import (
     Target,
     validate_scope,
 )
+from pipeline.core.payload import (
+    PayloadLimits,
+    cut_failure,
+    entry_bytes,
+    journal_bytes,
+    journal_too_large,
+)
 from pipeline.core.replay import JournalMismatch, expect_entry
 from pipeline.errors import NonDeterminismError, Suspended, TerminalError
 from pipeline.sdk.errors import AttemptBroken
@@ -75,8 +82,11 @@ class Context:
         default_serde: Serde[object] | None = None,
         request_encoder: Callable[[InvocationRequest], bytes] | None = None,
         clock_ms: Callable[[], int] | None = None,
+        limits: PayloadLimits | None = None,
     ) -> None:
         self._request_encoder = request_encoder
+        self._limits = limits if limits is not None else PayloadLimits()
+        self._journal_bytes = journal_bytes(order.journal)
         self._clock_ms = clock_ms
         self._order = order
         self._writer = journal_writer
@@ -308,7 +318,9 @@ class Context:
             outcome = action()
             value = await outcome if inspect.isawaitable(outcome) else outcome
         except TerminalError as exc:
-            failure = Failure(exc.message, type(exc).__name__, terminal=True)
+            failure = cut_failure(
+                Failure(exc.message, type(exc).__name__, terminal=True), self._limits
+            )
             await self._journal(JournalEntry(index, kind, name, failure=failure), previous)
             raise TerminalError(exc.message, code=exc.code) from exc
         value = cast(T, value)
@@ -326,6 +338,12 @@ class Context:
             await previous.wait()
         # A step before this one may have failed while this one ran concurrently.
         self._raise_if_broken(entry.index, entry.name)
+        too_large = journal_too_large(self._journal_bytes, entry, self._limits)
+        if too_large is not None:
+            # The scheduler would refuse the entry and fail the invocation; saying so
+            # here lets the handler see why, at the step.
+            raise TerminalError(too_large)
+        self._journal_bytes += entry_bytes(entry)
         record = EntryAppended(self.invocation_id, self.attempt, entry)
         # The next step sends only after this ack: were this entry lost after the next
         # one was written, the journal would have a gap behind a step the handler saw.

@@ -17,15 +17,24 @@ read_committed readers and the batch is consumed again from the committed offset
 against the state of the last committed batch. That is what makes "exactly one result
 per invocation" hold under kill -9. A crash between 5 and 6 leaves RocksDB a batch
 behind; restoring reads the changelog from the stored offset on, which repairs it.
+
+No record stops a partition. A decision that raises for one invocation fails that
+invocation with an internal error instead (`core.scheduler.abandon`). Anything else
+that fails a batch for a reason of its content, not of Kafka's (our code raised, or
+Kafka refused a record we derived), aborts it and runs its records again one per
+transaction; the record that fails alone is dead-lettered with the reason, the
+invocation it concerns fails, and the rest of the batch goes on.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from confluent_kafka import (
     Consumer,
@@ -44,13 +53,16 @@ from pipeline.core.model import (
     CallCompletion,
     Caller,
     CapacityMessage,
+    Failure,
     HandlerDefinition,
+    InvocationRequest,
     QueueId,
     QueueSnapshot,
     ResumeInvocation,
     Target,
 )
 from pipeline.core.partitioning import partition_for
+from pipeline.core.payload import request_too_large
 from pipeline.core.scheduler import (
     Admitted,
     AppendFence,
@@ -71,12 +83,16 @@ from pipeline.core.scheduler import (
     ResumeRequested,
     SendInvocation,
     TimerDue,
+    abandon,
     decide,
+    refuse,
 )
 from pipeline.errors import DecodeError
 from pipeline.runtime.clock import wall_clock_ms
+from pipeline.runtime.consumed import ConsumedRecord, read_record
 from pipeline.runtime.limit_rules import LimitRuleReader
 from pipeline.runtime.scheduler.capacity import CapacityExchange, deployment_key
+from pipeline.runtime.scheduler.outbox import ORIGIN_HEADER, Origin, Outbox
 from pipeline.runtime.scheduler.partition_state import ChangelogWrite, Checkpoint, PartitionState
 from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
 from pipeline.runtime.scheduler.restore import restore
@@ -87,6 +103,26 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Rewound:
+    """Kafka failed the transaction: aborted, and input rewound to the committed offsets."""
+
+
+@dataclass(frozen=True, slots=True)
+class Poisoned:
+    """The transaction failed for a reason of its content; aborted, positions kept."""
+
+    reason: str
+
+
+Outcome = Committed | Rewound | Poisoned
 
 
 class SchedulerProcessor:
@@ -105,6 +141,10 @@ class SchedulerProcessor:
         self._rng = rng or random.Random()
         self._states: dict[int, PartitionState] = {}
         self._producer: Producer | None = None
+        self._outbox: Outbox | None = None
+        self._limits = settings.payload_limits
+        # Records dead-lettered because they could not be read or processed at all.
+        self.quarantined = 0
         self._registry: ServiceRegistry | None = None
         self._offsets: dict[tuple[str, int], int] = {}
         self._instance = settings.instance_id or uuid.uuid4().hex[:12]
@@ -159,6 +199,8 @@ class SchedulerProcessor:
             "linger.ms": 1,
             "batch.num.messages": 10_000,
             "socket.nagle.disable": True,
+            # Room for the largest record the runtime writes: a dead-lettered copy.
+            "message.max.bytes": self._settings.catalogue.dead_letter_record_bytes + 65_536,
         }
 
     @property
@@ -177,6 +219,13 @@ class SchedulerProcessor:
         producer = Producer(self._producer_config())
         producer.init_transactions(30)
         self._producer = producer
+        catalogue = self._settings.catalogue
+        self._outbox = Outbox(
+            producer,
+            max_record_bytes=catalogue.max_record_bytes,
+            dead_letter_topic=self._names.dead_letter,
+            dead_letter_record_bytes=catalogue.dead_letter_record_bytes,
+        )
         registry = ServiceRegistry(self._side_consumer_config(), self._names.services, self._codec)
         registry.catch_up(30)
         self._registry = registry
@@ -251,18 +300,52 @@ class SchedulerProcessor:
     def _process(
         self, consumer: Consumer, producer: Producer, batch: list[Message], now: int
     ) -> None:
-        producer.begin_transaction()
-        try:
-            for message in batch:
-                self._on_message(message, now)
-            # Timers wait while the local queue holds more input: a lease must not be
-            # fenced for want of progress reports that are already fetched but unread.
-            if len(batch) < self._settings.scheduler_batch_max:
-                for state in list(self._states.values()):
-                    for invocation_id in state.pop_due(now):
-                        self._apply(state, invocation_id, TimerDue(invocation_id), now)
+        records = self._readable(batch)
+        # Timers wait while the local queue holds more input: a lease must not be
+        # fenced for want of progress reports that are already fetched but unread.
+        timers = len(batch) < self._settings.scheduler_batch_max
+
+        def whole_batch() -> None:
+            for record in records:
+                self._on_message(record, now)
+            self._after_records(now, timers)
+
+        outcome = self._transact(consumer, producer, now, whole_batch)
+        if isinstance(outcome, Poisoned):
+            log.error(
+                "a batch of %d records failed (%s): running them one at a time",
+                len(records),
+                outcome.reason,
+            )
+            self._isolate(consumer, producer, records, now, timers)
+
+    def _readable(self, batch: list[Message]) -> list[ConsumedRecord]:
+        records: list[ConsumedRecord] = []
+        for message in batch:
+            error = message.error()
+            if error is not None:
+                log.warning("consumer: %s", error)
+                continue
+            records.append(read_record(message))
+        return records
+
+    def _after_records(self, now: int, timers: bool) -> None:
+        if timers:
             for state in list(self._states.values()):
-                pump(state, self._rules, now, self._admit_head)
+                for invocation_id in state.pop_due(now):
+                    self._apply(state, invocation_id, TimerDue(invocation_id), now)
+        for state in list(self._states.values()):
+            pump(state, self._rules, now, self._admit_head)
+
+    def _transact(
+        self, consumer: Consumer, producer: Producer, now: int, work: Callable[[], None]
+    ) -> Outcome:
+        """Run `work` and commit its outputs, changelog and offsets in one transaction."""
+        outbox = self._outbox
+        assert outbox is not None
+        outbox.begin()
+        try:
+            work()
             self._capacity.settle(self._states, self._rules, self._start_granted(now))
             self._capacity.flush(self._send_capacity)
             writes = self._write_changes(now)
@@ -272,33 +355,145 @@ class SchedulerProcessor:
                     offsets, consumer.consumer_group_metadata(), 30
                 )
             producer.commit_transaction(30)
-            self._offsets.clear()
-            # Serve the delivery reports, so the checkpoints cover this batch.
-            producer.poll(0)
-            for partition, state in self._states.items():
-                checkpoint = Checkpoint(
-                    self._names.scheduler_state,
-                    self._changelog_end[partition],
-                    self._rules.version,
-                    now,
-                )
-                state.commit(writes[partition], checkpoint)
         except KafkaException as exc:
             error = exc.args[0]
-            if not error.txn_requires_abort():
+            refused = outbox.refusal()
+            if refused is None and not error.txn_requires_abort():
                 raise
-            log.warning("aborting scheduler transaction: %s", error)
+            log.warning("aborting scheduler transaction: %s", refused or error)
             producer.abort_transaction(30)
+            if refused is not None:
+                self._discard()
+                return Poisoned(f"Kafka refused a record: {refused}")
             self._rewind(consumer)
+            return Rewound()
+        except Exception as exc:
+            log.exception("scheduler transaction failed; aborting it")
+            producer.abort_transaction(30)
+            self._discard()
+            return Poisoned(f"{type(exc).__name__}: {exc}")
+        self._offsets.clear()
+        # Serve the delivery reports, so the checkpoints cover this batch.
+        producer.poll(0)
+        for partition, state in self._states.items():
+            checkpoint = Checkpoint(
+                self._names.scheduler_state,
+                self._changelog_end[partition],
+                self._rules.version,
+                now,
+            )
+            state.commit(writes[partition], checkpoint)
+        return Committed()
 
-    def _rewind(self, consumer: Consumer) -> None:
-        """After an abort, state and positions go back to the last committed batch."""
+    def _isolate(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        records: list[ConsumedRecord],
+        now: int,
+        timers: bool,
+    ) -> None:
+        """Each record in a transaction of its own; one that fails alone is quarantined."""
+        for record in records:
+            outcome = self._transact(
+                consumer, producer, now, functools.partial(self._on_message, record, now)
+            )
+            if isinstance(outcome, Poisoned):
+                outcome = self._quarantine(consumer, producer, record, outcome.reason, now)
+            if isinstance(outcome, Rewound):
+                return  # what is left comes again from the committed offsets
+        outcome = self._transact(consumer, producer, now, lambda: self._after_records(now, timers))
+        if isinstance(outcome, Poisoned):
+            # No record to blame: the next loop tries again, and its records go on.
+            log.error("timers and queue pump failed: %s", outcome.reason)
+
+    def _quarantine(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        record: ConsumedRecord,
+        reason: str,
+        now: int,
+    ) -> Outcome:
+        """Dead-letter `record`, which fails whenever it is processed, and fail the
+        invocation it concerns; if even that fails, dead-letter its coordinates alone."""
+        outbox = self._outbox
+        assert outbox is not None
+        self.quarantined += 1
+        why = f"processing the record failed: {reason}"
+
+        def with_invocation() -> None:
+            self._offsets[(record.topic, record.partition)] = record.offset + 1
+            outbox.dead_letter(record, why, Origin.of(record))
+            self._abandon_concerned(record, why, now)
+
+        def alone() -> None:
+            self._offsets[(record.topic, record.partition)] = record.offset + 1
+            bare = ConsumedRecord(
+                record.topic, record.partition, record.offset, None, None, (),
+                record.timestamp_ms, record.unreadable,
+            )
+            outbox.dead_letter(bare, why, Origin.of(record))
+
+        outcome = self._transact(consumer, producer, now, with_invocation)
+        if isinstance(outcome, Poisoned):
+            outcome = self._transact(consumer, producer, now, alone)
+        if isinstance(outcome, Poisoned):
+            raise RuntimeError(f"cannot even dead-letter {record.where()}: {outcome.reason}")
+        return outcome
+
+    def _abandon_concerned(self, record: ConsumedRecord, reason: str, now: int) -> None:
+        """Fail the invocation a poisoned record is about, if it can be told which."""
+        state = self._states.get(record.partition)
+        if state is None or record.value is None:
+            return
+        invocation_id: str | None = None
+        request: InvocationRequest | None = None
+        try:
+            if record.topic == self._names.journal:
+                invocation_id = self._codec.decode_journal(record.value).invocation_id
+            else:
+                decoded = self._decode_invocations_record(record, Origin.of(record))
+                if isinstance(decoded, InvocationRequest):
+                    request = decoded
+                elif not isinstance(decoded, CapacityMessage):
+                    invocation_id = decoded.invocation_id
+        except DecodeError:
+            return
+        if request is not None:
+            if state.invocation(request.id) is not None:
+                return  # a duplicate: the invocation already in state is not its to fail
+            failure = Failure(reason, "InternalError", terminal=True)
+            decision = refuse(request, failure, self._context(request, None, now))
+            self._store(state, request.id, decision, now)
+            self._execute(state, decision, None, now)
+            return
+        if invocation_id is None:
+            return
+        invocation = state.invocation(invocation_id)
+        if invocation is None:
+            return
+        decision = abandon(
+            invocation,
+            state.queue(invocation.queue_id),
+            reason,
+            self._context(invocation.request, invocation, now),
+        )
+        self._store(state, invocation_id, decision, now)
+        self._execute(state, decision, None, now)
+
+    def _discard(self) -> None:
+        """The transaction aborted: state goes back to the last committed batch."""
         self._offsets.clear()
         self._capacity.discard()
         for state in self._states.values():
             state.discard()
         # What was due to be granted may have been due before this batch.
         self._capacity.recount_all(self._states)
+
+    def _rewind(self, consumer: Consumer) -> None:
+        """After an abort, state and positions go back to the last committed batch."""
+        self._discard()
         committed = consumer.committed(consumer.assignment(), timeout=30)
         for tp in committed:
             consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
@@ -335,56 +530,78 @@ class SchedulerProcessor:
 
     # -- events ----------------------------------------------------------------------
 
-    def _on_message(self, message: Message, now: int) -> None:
-        error = message.error()
-        if error is not None:
-            log.warning("consumer: %s", error)
-            return
-        topic, partition, offset = _position(message)
-        self._offsets[(topic, partition)] = offset + 1
-        state = self._states.get(partition)
+    def _on_message(self, record: ConsumedRecord, now: int) -> None:
+        self._offsets[(record.topic, record.partition)] = record.offset + 1
+        state = self._states.get(record.partition)
         if state is None:
-            log.warning("record for unassigned partition %d skipped", partition)
+            log.warning("record %s for an unassigned partition skipped", record.where())
+            return
+        outbox = self._outbox
+        assert outbox is not None
+        if record.unreadable is not None:
+            self.quarantined += 1
+            outbox.dead_letter(record, f"record unreadable: {record.unreadable}")
             return
         try:
-            if topic == self._names.invocations:
-                self._on_invocation(state, message, now)
+            if record.topic == self._names.invocations:
+                self._on_invocation(state, record, now)
             else:
-                record = self._codec.decode_journal(message.value() or b"")
-                self._apply(state, record.invocation_id, JournalArrived(record), now)
+                journal = self._codec.decode_journal(record.value or b"")
+                self._apply(state, journal.invocation_id, JournalArrived(journal), now, record)
         except DecodeError as exc:
-            self._dead_letter(message, str(exc))
+            outbox.dead_letter(record, str(exc), Origin.of(record))
 
-    def _on_invocation(self, state: PartitionState, message: Message, now: int) -> None:
-        topic, partition, offset = _position(message)
-        record = self._codec.decode_invocations_record(
-            message.value() or b"",
-            headers=_headers(message),
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            timestamp_ms=message.timestamp()[1],
+    def _decode_invocations_record(
+        self, record: ConsumedRecord, origin: Origin | None
+    ) -> InvocationRequest | ResumeInvocation | CapacityMessage | CallCompletion:
+        # A forwarded request is read as where it first arrived: an id derived from its
+        # coordinates is the same on either partition.
+        where = record if origin is None else origin
+        headers = record.headers if origin is None else _own_headers(record)
+        return self._codec.decode_invocations_record(
+            record.value or b"",
+            headers=headers,
+            topic=where.topic,
+            partition=where.partition,
+            offset=where.offset,
+            timestamp_ms=record.timestamp_ms,
         )
-        if isinstance(record, ResumeInvocation):
-            self._on_resume(state, record, now)
+
+    def _on_invocation(self, state: PartitionState, record: ConsumedRecord, now: int) -> None:
+        origin = Origin.of(record)
+        decoded = self._decode_invocations_record(record, origin)
+        if isinstance(decoded, ResumeInvocation):
+            self._on_resume(state, decoded, now)
             return
-        if isinstance(record, CapacityMessage):
-            self._capacity.on_message(state, record, self._start_granted(now))
+        if isinstance(decoded, CapacityMessage):
+            self._capacity.on_message(state, decoded, self._start_granted(now))
             return
-        if isinstance(record, CallCompletion):
-            self._apply(state, record.invocation_id, CallCompleted(record), now)
+        if isinstance(decoded, CallCompletion):
+            self._apply(state, decoded.invocation_id, CallCompleted(decoded), now)
             return
-        request = record
+        request = decoded
+        outbox = self._outbox
+        assert outbox is not None
+        too_large = request_too_large(request, self._limits, record.size)
+        if too_large is not None:
+            # Refused where it first arrives, before anything carries it further.
+            outbox.dead_letter(record, too_large, origin)
+            return
         home = partition_for(request.partition_key, self._settings.runtime_partitions)
         if home != state.partition:
-            self._produce(
+            # Forwarded as it came, so that its home reads it, and dead-letters it if it
+            # must, exactly as this partition would have.
+            first = origin or Origin(record.topic, record.partition, record.offset, record.key)
+            outbox.send(
                 self._names.invocations,
                 home,
-                request.partition_key,
-                self._codec.encode_request(request),
+                request.partition_key.encode(),
+                record.value,
+                [*_own_headers(record), *first.headers()],
+                timestamp_ms=record.timestamp_ms,
             )
             return
-        self._apply(state, request.id, InvocationArrived(request), now, message)
+        self._apply(state, request.id, InvocationArrived(request), now, record)
 
     def _on_resume(self, state: PartitionState, command: ResumeInvocation, now: int) -> None:
         # A command carries no partition key, so unlike a request it cannot be forwarded:
@@ -399,27 +616,12 @@ class SchedulerProcessor:
             return
         self._apply(state, command.invocation_id, ResumeRequested(command.invocation_id), now)
 
-    def _apply(
-        self,
-        state: PartitionState,
-        invocation_id: str,
-        event: Event,
-        now: int,
-        source: Message | None = None,
-    ) -> None:
-        invocation = state.invocation(invocation_id)
-        if isinstance(event, InvocationArrived):
-            request = event.request
-        elif invocation is not None:
-            request = invocation.request
-        else:
-            log.debug("event for unknown invocation %r ignored", invocation_id)
-            return
-        handler = self._handler(request.target, refresh=invocation is None)
-        queue = state.queue(request.queue_id)
-        context = DecisionContext(
+    def _context(
+        self, request: InvocationRequest, invocation: object | None, now: int
+    ) -> DecisionContext:
+        return DecisionContext(
             now,
-            handler,
+            self._handler(request.target, refresh=invocation is None),
             self._settings.lease_timeout_ms,
             self._rng.random(),
             retention_ms=self._settings.retention_ms,
@@ -430,8 +632,48 @@ class SchedulerProcessor:
                 if self._rules.deployment_limit(request.target.service) is not None
                 else None
             ),
+            limits=self._limits,
         )
-        decision = decide(invocation, queue, event, context)
+
+    def _apply(
+        self,
+        state: PartitionState,
+        invocation_id: str,
+        event: Event,
+        now: int,
+        source: ConsumedRecord | None = None,
+    ) -> None:
+        invocation = state.invocation(invocation_id)
+        if isinstance(event, InvocationArrived):
+            request = event.request
+        elif invocation is not None:
+            request = invocation.request
+        else:
+            log.debug("event for unknown invocation %r ignored", invocation_id)
+            return
+        queue = state.queue(request.queue_id)
+        context = self._context(request, invocation, now)
+        try:
+            decision = decide(invocation, queue, event, context)
+        except Exception as exc:
+            # A bug in a decision fails one invocation, not its partition (for good:
+            # the same batch would raise again after a restart).
+            log.exception("deciding %s for %r failed", type(event).__name__, invocation_id)
+            reason = (
+                f"the scheduler failed deciding {type(event).__name__} for invocation "
+                f"{invocation_id!r}: {type(exc).__name__}: {exc}"
+            )
+            decision = (
+                refuse(request, Failure(reason, "InternalError", True), context)
+                if invocation is None
+                else abandon(invocation, queue, reason, context)
+            )
+            outbox = self._outbox
+            assert outbox is not None
+            if source is not None:
+                outbox.dead_letter(source, reason, Origin.of(source))
+            else:
+                outbox.dead_letter_event(invocation_id, reason)
         self._store(state, invocation_id, decision, now)
         self._execute(state, decision, source, now)
 
@@ -457,7 +699,7 @@ class SchedulerProcessor:
             state.put_queue(decision.queue, now)
 
     def _execute(
-        self, state: PartitionState, decision: Decision, source: Message | None, now: int
+        self, state: PartitionState, decision: Decision, source: ConsumedRecord | None, now: int
     ) -> None:
         for effect in decision.effects:
             match effect:
@@ -488,8 +730,8 @@ class SchedulerProcessor:
                 case ReleaseCapacity(deployment=deployment):
                     self._capacity.release(self._states, state.partition, deployment)
                 case DeadLetter(reason=reason):
-                    if source is not None:
-                        self._dead_letter(source, reason)
+                    if source is not None and self._outbox is not None:
+                        self._outbox.dead_letter(source, reason, Origin.of(source))
                 case Ignored(reason=reason):
                     log.debug("ignored: %s", reason)
 
@@ -549,7 +791,6 @@ class SchedulerProcessor:
                     partition,
                     write.key.encode(),
                     write.value,
-                    None,
                     on_delivery=self._changelog_delivered,
                 )
             for queue_id, queue in state.changed_queues():
@@ -570,25 +811,8 @@ class SchedulerProcessor:
             end = self._changelog_end.get(partition, 0)
             self._changelog_end[partition] = max(end, offset + 1)
 
-    def _dead_letter(self, message: Message, reason: str) -> None:
-        log.warning(
-            "dead-lettering %s[%d]@%d: %s",
-            message.topic(),
-            message.partition(),
-            message.offset(),
-            reason,
-        )
-        headers: list[tuple[str, str | bytes | None]] = [
-            *_headers(message),
-            ("dlq.reason", reason.encode()),
-            ("dlq.topic", (message.topic() or "").encode()),
-            ("dlq.partition", str(message.partition()).encode()),
-            ("dlq.offset", str(message.offset()).encode()),
-        ]
-        self._send(self._names.dead_letter, 0, message.key(), message.value(), headers)
-
     def _produce(self, topic: str, partition: int, key: str, value: bytes | None) -> None:
-        self._send(topic, partition, key.encode(), value, None)
+        self._send(topic, partition, key.encode(), value)
 
     def _send(
         self,
@@ -596,29 +820,13 @@ class SchedulerProcessor:
         partition: int,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, str | bytes | None]] | None,
         on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
-        producer = self._producer
-        assert producer is not None
-        while True:
-            try:
-                producer.produce(
-                    topic, value, key, partition=partition, headers=headers, on_delivery=on_delivery
-                )
-                return
-            except BufferError:
-                # The local queue is full: serve delivery reports to make room.
-                producer.poll(0.05)
+        outbox = self._outbox
+        assert outbox is not None
+        outbox.send(topic, partition, key, value, on_delivery=on_delivery)
 
 
-def _position(message: Message) -> tuple[str, int, int]:
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    assert topic is not None and partition is not None and offset is not None
-    return topic, partition, offset
-
-
-def _headers(message: Message) -> list[tuple[str, bytes]]:
-    headers = message.headers() or []
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    return [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in pairs]
+def _own_headers(record: ConsumedRecord) -> list[tuple[str, bytes]]:
+    """The record's headers without those a forwarding scheduler added."""
+    return [(k, v) for k, v in record.headers if not k.startswith(ORIGIN_HEADER)]

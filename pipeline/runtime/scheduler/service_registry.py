@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from pipeline.codec.records import WireCodec
 from pipeline.core.model import HandlerDefinition, ServiceDefinition, Target
@@ -54,14 +54,20 @@ class ServiceRegistry:
     def close(self) -> None:
         self._consumer.close()
 
-    def _apply(self, message: object) -> None:
-        error = message.error()  # type: ignore[attr-defined]
+    def _apply(self, message: Message) -> None:
+        error = message.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("service registry: %s", error)
             return
-        key = (message.key() or b"").decode()  # type: ignore[attr-defined]
-        value = message.value()  # type: ignore[attr-defined]
+        raw_key, value = message.key(), message.value()
+        try:
+            key = (raw_key or b"").decode()
+        except UnicodeDecodeError:
+            # Not a service name: every name is ASCII. One bad record must not stop
+            # the registry, and with it the scheduler.
+            log.warning("service registry: skipping a record whose key %r is not UTF-8", raw_key)
+            return
         if value is None:
             self._services.pop(key, None)
             return

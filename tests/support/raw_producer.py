@@ -1,0 +1,86 @@
+"""Produce records no well-behaved client would: header names that are not UTF-8.
+
+confluent-kafka encodes every header name it is given, so the bytes such a producer
+(kcat, a buggy client in another language) writes can only be made one level down:
+librdkafka itself, the copy bundled with confluent-kafka, through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+from functools import cache
+from pathlib import Path
+
+import confluent_kafka
+
+_PRODUCER = 0
+_VTYPE_END, _VTYPE_TOPIC, _VTYPE_PARTITION, _VTYPE_VALUE, _VTYPE_KEY = 0, 1, 3, 4, 5
+_VTYPE_MSGFLAGS, _VTYPE_HEADER = 7, 9
+_MSG_F_COPY = 0x2
+
+
+@cache
+def _librdkafka() -> ctypes.CDLL:
+    package = Path(confluent_kafka.__file__).parent
+    found = glob.glob(str(package.parent / "confluent_kafka.libs" / "librdkafka*.so*"))
+    if not found:
+        raise RuntimeError(f"no librdkafka bundled next to {package}")
+    lib = ctypes.CDLL(found[0])
+    lib.rd_kafka_conf_new.restype = ctypes.c_void_p
+    lib.rd_kafka_conf_set.argtypes = [
+        ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t
+    ]
+    lib.rd_kafka_new.restype = ctypes.c_void_p
+    lib.rd_kafka_new.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.rd_kafka_flush.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.rd_kafka_outq_len.argtypes = [ctypes.c_void_p]
+    lib.rd_kafka_destroy.argtypes = [ctypes.c_void_p]
+    lib.rd_kafka_err2str.restype = ctypes.c_char_p
+    return lib
+
+
+def produce_raw(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Produce one record with header names taken as raw bytes; waits for the broker."""
+    lib = _librdkafka()
+    errstr = ctypes.create_string_buffer(512)
+    conf = lib.rd_kafka_conf_new()
+    for name, setting in ((b"bootstrap.servers", bootstrap.encode()), (b"acks", b"all")):
+        if lib.rd_kafka_conf_set(conf, name, setting, errstr, 512) != 0:
+            raise RuntimeError(errstr.value.decode())
+    rk = lib.rd_kafka_new(_PRODUCER, conf, errstr, 512)
+    if not rk:
+        raise RuntimeError(errstr.value.decode())
+    try:
+        args: list[object] = [
+            ctypes.c_int(_VTYPE_TOPIC), ctypes.c_char_p(topic.encode()),
+            ctypes.c_int(_VTYPE_PARTITION), ctypes.c_int32(partition),
+            ctypes.c_int(_VTYPE_MSGFLAGS), ctypes.c_int(_MSG_F_COPY),
+        ]
+        if value is not None:
+            args += [ctypes.c_int(_VTYPE_VALUE), ctypes.c_char_p(value), ctypes.c_size_t(len(value))]
+        if key is not None:
+            args += [ctypes.c_int(_VTYPE_KEY), ctypes.c_char_p(key), ctypes.c_size_t(len(key))]
+        for name, header_value in headers:
+            args += [
+                ctypes.c_int(_VTYPE_HEADER),
+                ctypes.c_char_p(name),
+                ctypes.c_char_p(header_value),
+                ctypes.c_ssize_t(len(header_value)),
+            ]
+        args.append(ctypes.c_int(_VTYPE_END))
+        error = lib.rd_kafka_producev(ctypes.c_void_p(rk), *args)
+        if error != 0:
+            raise RuntimeError(f"produce failed: {lib.rd_kafka_err2str(error).decode()}")
+        lib.rd_kafka_flush(rk, 30_000)
+        if lib.rd_kafka_outq_len(rk) != 0:
+            raise RuntimeError(f"record to {topic} not delivered within 30 s")
+    finally:
+        lib.rd_kafka_destroy(rk)
