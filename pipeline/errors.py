@@ -24,6 +24,11 @@ class TerminalError(PipelineError):
         self.code = code
 
 
+class PayloadTooLarge(TerminalError):
+    """A request, output or step is larger than the runtime's limits allow; the message
+    names the size and the limit (`pipeline.core.payload`)."""
+
+
 class RetryableError(PipelineError):
     """The operation may succeed if tried again later."""
 

@@ -6,15 +6,23 @@ the same message returns a broken list that crashes the interpreter on access. A
 producer can write such a name (kcat does), so processors never touch `Message`
 directly: `read_record` calls each accessor once, and a part it cannot read is left
 out and said so in `unreadable`, for the dead-letter record.
+
+The call goes through `operator.methodcaller` on purpose: once a call site is warm,
+CPython 3.11's specialised call skips the check that turns "a result with an exception
+set" into `SystemError`, and the broken list comes back with the `UnicodeDecodeError`
+still pending, to surface at some later line. The generic call path always checks.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from confluent_kafka import Message
 
 Headers = tuple[tuple[str, bytes], ...]
+
+_HEADERS = operator.methodcaller("headers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +66,7 @@ def read_record(message: Message) -> ConsumedRecord:
     unreadable: str | None = None
     headers: Headers = ()
     try:
-        raw = message.headers()
+        raw = _HEADERS(message)
     except Exception as exc:  # whatever the client raises, the record is kept
         unreadable = f"its headers cannot be read (a header name is not UTF-8?): {exc}"
     else:

@@ -40,7 +40,7 @@ from pipeline.core.payload import (
     journal_too_large,
 )
 from pipeline.core.replay import JournalMismatch, expect_entry
-from pipeline.errors import NonDeterminismError, Suspended, TerminalError
+from pipeline.errors import NonDeterminismError, PayloadTooLarge, Suspended, TerminalError
 from pipeline.sdk.errors import AttemptBroken
 from pipeline.sdk.serde import BytesSerde, JsonSerde, Serde
 
@@ -342,7 +342,7 @@ class Context:
         if too_large is not None:
             # The scheduler would refuse the entry and fail the invocation; saying so
             # here lets the handler see why, at the step.
-            raise TerminalError(too_large)
+            raise PayloadTooLarge(too_large)
         self._journal_bytes += entry_bytes(entry)
         record = EntryAppended(self.invocation_id, self.attempt, entry)
         # The next step sends only after this ack: were this entry lost after the next

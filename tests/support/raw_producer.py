@@ -52,7 +52,11 @@ def produce_raw(
     lib = _librdkafka()
     errstr = ctypes.create_string_buffer(512)
     conf = lib.rd_kafka_conf_new()
-    for name, setting in ((b"bootstrap.servers", bootstrap.encode()), (b"acks", b"all")):
+    for name, setting in (
+        (b"bootstrap.servers", bootstrap.encode()),
+        (b"acks", b"all"),
+        (b"message.max.bytes", b"4000000"),
+    ):
         if lib.rd_kafka_conf_set(conf, name, setting, errstr, 512) != 0:
             raise RuntimeError(errstr.value.decode())
     rk = lib.rd_kafka_new(_PRODUCER, conf, errstr, 512)

@@ -144,6 +144,14 @@ class SchedulerProcess:
         command = [sys.executable, "-m", "pipeline.cli", "scheduler"]
         return subprocess.Popen(command, env=self._env, stdout=self._log, stderr=subprocess.STDOUT)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
     def kill_and_restart(self) -> None:
         self._process.send_signal(signal.SIGKILL)
         self._process.wait()
