@@ -142,8 +142,11 @@ def test_poison_invocation_records_are_dead_lettered_or_failed(
             if i == 140:  # a 600 KB input: over the request limit as well
                 value = _json("Poison/echo", "w" * 600_000, "large-input")
                 expected_dead[(3, _produce(settings, producer, 3, value))] = "max_request_bytes"
-        producer.produce(invocations, _json("Poison/inflate", 600_000, "large-output"), headers=JSON)
-        producer.produce(invocations, _json("Poison/big_step", 500_000, "large-step"), headers=JSON)
+        for target, size, invocation_id in (
+            ("Poison/inflate", 600_000, "large-output"),
+            ("Poison/big_step", 500_000, "large-step"),
+        ):
+            producer.produce(invocations, _json(target, size, invocation_id), headers=JSON)
         # Forwarded first (the wrong partition for its id), then refused at home.
         unknown = _json("Nobody/here", 1, "unknown-handler")
         home = partition_for("unknown-handler", settings.runtime_partitions)

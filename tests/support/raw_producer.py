@@ -69,7 +69,9 @@ def produce_raw(
             ctypes.c_int(_VTYPE_MSGFLAGS), ctypes.c_int(_MSG_F_COPY),
         ]
         if value is not None:
-            args += [ctypes.c_int(_VTYPE_VALUE), ctypes.c_char_p(value), ctypes.c_size_t(len(value))]
+            args += [
+                ctypes.c_int(_VTYPE_VALUE), ctypes.c_char_p(value), ctypes.c_size_t(len(value))
+            ]
         if key is not None:
             args += [ctypes.c_int(_VTYPE_KEY), ctypes.c_char_p(key), ctypes.c_size_t(len(key))]
         for name, header_value in headers:
