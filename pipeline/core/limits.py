@@ -34,6 +34,9 @@ from pipeline.core.deployment import DeploymentLimit
 from pipeline.core.model import QueueId, validate_limit_key, validate_scope
 from pipeline.errors import ConflictError, NotFoundError, ValidationError
 
+# Slower than one start a day, the next start time outgrows any timer a queue keeps.
+MIN_RATE_PER_S = 1 / 86_400
+
 
 @dataclass(frozen=True, slots=True)
 class RulePattern:
@@ -124,8 +127,11 @@ class LimitRule:
             raise ValidationError("rule id must not be empty")
         if self.concurrency is not None and self.concurrency < 0:
             raise ValidationError(f"rule {self.id!r}: concurrency {self.concurrency} must be >= 0")
-        if self.rate_per_s is not None and not 0 < self.rate_per_s < math.inf:
-            raise ValidationError(f"rule {self.id!r}: rate {self.rate_per_s}/s must be > 0")
+        if self.rate_per_s is not None and not MIN_RATE_PER_S <= self.rate_per_s < math.inf:
+            raise ValidationError(
+                f"rule {self.id!r}: rate {self.rate_per_s}/s must be finite and at least "
+                "one start a day (1/86400 = 0.0000116/s)"
+            )
         if self.burst < 1:
             raise ValidationError(f"rule {self.id!r}: burst {self.burst} must be >= 1")
         if self.weight < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pipeline.core.model import OnExhausted, RetryPolicy
@@ -28,10 +29,15 @@ def backoff_ms(policy: RetryPolicy, failed_attempt: int, jitter: float) -> int:
     `jitter` is drawn by the caller in [0, 1) so that this stays a pure function.
     """
     exponent = max(failed_attempt - 1, 0)
-    step = min(
-        float(policy.max_interval_ms), policy.initial_interval_ms * policy.multiplier**exponent
-    )
-    return int(step / 2 + step / 2 * jitter)
+    ceiling = float(policy.max_interval_ms)
+    initial = float(policy.initial_interval_ms)
+    # Compared in logarithms: multiplier**exponent overflows a float long before the
+    # step reaches any ceiling (2.0**1025 at attempt 1026 of the default policy).
+    if initial <= 0 or exponent * math.log(policy.multiplier) >= math.log(ceiling / initial):
+        step = ceiling if initial > 0 else 0.0
+    else:
+        step = min(ceiling, initial * policy.multiplier**exponent)
+    return min(int(step / 2 + step / 2 * jitter), policy.max_interval_ms)
 
 
 def after_failure(

@@ -176,6 +176,7 @@ Effect = (
 
 
 DEFAULT_LIMITS = PayloadLimits()
+MAX_RETRY_AFTER_MS = 30 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +404,9 @@ def _journal(
             )
             return Decision(done, _release(queue), (*_capacity_back(invocation), *_finished(done)))
         case AttemptFailed(failure=failure, retry_after_ms=retry_after_ms, hold_queue=hold):
+            if retry_after_ms is not None:
+                # From the wire: any long. Bounded, so that a timer stays a valid time.
+                retry_after_ms = min(max(retry_after_ms, 0), MAX_RETRY_AFTER_MS)
             if hold and retry_after_ms is not None:
                 until = ctx.now_ms + retry_after_ms
                 queue = replace(queue, paused_until_ms=max(queue.paused_until_ms or 0, until))

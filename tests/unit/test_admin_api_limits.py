@@ -112,7 +112,7 @@ def test_put_at_another_version_is_409_naming_both_and_writes_nothing() -> None:
     [
         ({"id": "a", "pattern": "a//b"}, "rule pattern 'a//b' is not valid: write *, scope"),
         ({"id": "a", "pattern": "*", "concurrency": -1}, "concurrency -1 must be >= 0"),
-        ({"id": "a", "pattern": "*", "rate": 0}, "rate 0.0/s must be > 0"),
+        ({"id": "a", "pattern": "*", "rate": 0}, "rate 0.0/s must be finite and at least"),
         ({"id": "a", "pattern": "*", "burst": 0}, "burst 0 must be >= 1"),
         ({"id": "a", "pattern": "acme", "max_queued": 5}, "put max_queued on acme/* instead"),
     ],
