@@ -68,7 +68,10 @@ def read_record(message: Message) -> ConsumedRecord:
     try:
         raw = _HEADERS(message)
     except Exception as exc:  # whatever the client raises, the record is kept
-        unreadable = f"its headers cannot be read (a header name is not UTF-8?): {exc}"
+        unreadable = (
+            "its headers cannot be read: a header name is not valid UTF-8 "
+            f"({type(exc).__name__} from the client)"
+        )
     else:
         if raw:
             pairs = raw.items() if isinstance(raw, dict) else raw

@@ -40,29 +40,32 @@ def _librdkafka() -> ctypes.CDLL:
     return lib
 
 
-def produce_raw(
-    bootstrap: str,
-    topic: str,
-    partition: int,
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[bytes, bytes]],
-) -> None:
-    """Produce one record with header names taken as raw bytes; waits for the broker."""
-    lib = _librdkafka()
-    errstr = ctypes.create_string_buffer(512)
-    conf = lib.rd_kafka_conf_new()
-    for name, setting in (
-        (b"bootstrap.servers", bootstrap.encode()),
-        (b"acks", b"all"),
-        (b"message.max.bytes", b"4000000"),
-    ):
-        if lib.rd_kafka_conf_set(conf, name, setting, errstr, 512) != 0:
+class RawProducer:
+    """A librdkafka producer that takes header names as raw bytes."""
+
+    def __init__(self, bootstrap: str) -> None:
+        lib = self._lib = _librdkafka()
+        errstr = ctypes.create_string_buffer(512)
+        conf = lib.rd_kafka_conf_new()
+        for name, setting in (
+            (b"bootstrap.servers", bootstrap.encode()),
+            (b"acks", b"all"),
+            (b"message.max.bytes", b"4000000"),
+        ):
+            if lib.rd_kafka_conf_set(conf, name, setting, errstr, 512) != 0:
+                raise RuntimeError(errstr.value.decode())
+        self._rk = lib.rd_kafka_new(_PRODUCER, conf, errstr, 512)
+        if not self._rk:
             raise RuntimeError(errstr.value.decode())
-    rk = lib.rd_kafka_new(_PRODUCER, conf, errstr, 512)
-    if not rk:
-        raise RuntimeError(errstr.value.decode())
-    try:
+
+    def produce(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
         args: list[object] = [
             ctypes.c_int(_VTYPE_TOPIC), ctypes.c_char_p(topic.encode()),
             ctypes.c_int(_VTYPE_PARTITION), ctypes.c_int32(partition),
@@ -77,16 +80,37 @@ def produce_raw(
         for name, header_value in headers:
             args += [
                 ctypes.c_int(_VTYPE_HEADER),
-                ctypes.c_char_p(name),
+                # A name is NUL-terminated in this call: it cannot hold a NUL itself.
+                ctypes.c_char_p(name.replace(b"\0", b"")),
                 ctypes.c_char_p(header_value),
                 ctypes.c_ssize_t(len(header_value)),
             ]
         args.append(ctypes.c_int(_VTYPE_END))
-        error = lib.rd_kafka_producev(ctypes.c_void_p(rk), *args)
+        error = self._lib.rd_kafka_producev(ctypes.c_void_p(self._rk), *args)
         if error != 0:
-            raise RuntimeError(f"produce failed: {lib.rd_kafka_err2str(error).decode()}")
-        lib.rd_kafka_flush(rk, 30_000)
-        if lib.rd_kafka_outq_len(rk) != 0:
-            raise RuntimeError(f"record to {topic} not delivered within 30 s")
+            raise RuntimeError(f"produce failed: {self._lib.rd_kafka_err2str(error).decode()}")
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self._lib.rd_kafka_flush(self._rk, int(timeout_s * 1000))
+        if self._lib.rd_kafka_outq_len(self._rk) != 0:
+            raise RuntimeError(f"records not delivered within {timeout_s} s")
+
+    def close(self) -> None:
+        self._lib.rd_kafka_destroy(self._rk)
+
+
+def produce_raw(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Produce one record with header names taken as raw bytes; waits for the broker."""
+    producer = RawProducer(bootstrap)
+    try:
+        producer.produce(topic, partition, key, value, headers)
+        producer.flush()
     finally:
-        lib.rd_kafka_destroy(rk)
+        producer.close()

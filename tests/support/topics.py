@@ -11,6 +11,7 @@ from confluent_kafka import Consumer
 
 from pipeline.codec.records import WireCodec
 from pipeline.core.model import InvocationResult
+from pipeline.runtime.consumed import read_record
 from pipeline.settings import Settings
 
 
@@ -48,8 +49,8 @@ class TopicReader:
     def poll(self) -> None:
         for message in self._consumer.consume(500, timeout=0.2):
             if message.error() is None:
-                headers = {k: v or b"" for k, v in message.headers() or []}
-                self.messages.append((message.key(), message.value(), headers))
+                record = read_record(message)
+                self.messages.append((record.key, record.value, dict(record.headers)))
 
     def close(self) -> None:
         self._consumer.close()

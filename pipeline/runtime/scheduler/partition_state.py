@@ -667,7 +667,7 @@ def _index_prefix(key: bytes) -> bytes:
 
 
 def _time(at_ms: int) -> bytes:
-    return max(at_ms, 0).to_bytes(8, "big")
+    return min(max(at_ms, 0), 2**64 - 1).to_bytes(8, "big")
 
 
 def _at(key: bytes) -> int:
