@@ -364,6 +364,9 @@ def _choose_ports(host: str, port: int | None, controller_port: int | None) -> t
         for wanted in (port, controller_port):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             held.append(sock)
+            # Connections of a broker that just stopped linger in TIME_WAIT for a
+            # minute: they must not make its port look taken. A listener still does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, wanted or 0))
             except OSError as exc:

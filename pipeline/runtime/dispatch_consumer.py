@@ -8,6 +8,7 @@ awaits them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,16 @@ class DispatchConsumer:
         fetched = [first]
         if max_records > 1:
             fetched.extend(consumer.consume(max_records - 1, 0))
+        if any((error := msg.error()) is not None and error.fatal() for msg in fetched):
+            # A fatal consumer never fetches again (seen when a broker restart makes the
+            # coordinator fence a static member rejoining with its old member id): join
+            # again with a new one. Attempts in flight are left to their leases.
+            log.warning("dispatch consumer failed fatally; joining the group with a new one")
+            with contextlib.suppress(KafkaException, RuntimeError):
+                consumer.close()
+            self._paused = False
+            self._open()
+            return []
         return [msg for msg in fetched if _usable(msg)]
 
     async def commit(self, batch: Sequence[Message]) -> set[tuple[str, int]]:
@@ -145,8 +156,6 @@ def _usable(msg: Message) -> bool:
     error = msg.error()
     if error is None:
         return True
-    if error.fatal():
-        raise KafkaException(error)
     if error.code() != KafkaError._PARTITION_EOF:
         log.warning("dispatch consumer error", extra={"error": error.str()})
     return False

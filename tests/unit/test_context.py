@@ -327,3 +327,30 @@ def test_each_step_has_a_span_saying_whether_it_was_replayed() -> None:
     assert spans["run charge"].attributes["pipeline.replayed"] is True
     assert spans["run ship"].attributes is not None
     assert spans["run ship"].attributes["pipeline.replayed"] is False
+
+
+def test_a_step_over_the_journal_limit_raises_payload_too_large_and_journals_nothing() -> None:
+    from pipeline.core.payload import PayloadLimits
+    from pipeline.errors import PayloadTooLarge
+
+    journal = MemoryJournal()
+    limits = PayloadLimits(max_journal_bytes=1_000, max_request_bytes=500)
+    ctx = Context(order(), journal, limits=limits, request_encoder=lambda r: b"r" * 600,
+                  clock_ms=lambda: 0)
+
+    async def handler() -> None:
+        await ctx.run("small", lambda: "a" * 100)
+        with pytest.raises(PayloadTooLarge, match="max_journal_bytes=1000"):
+            await ctx.run("big", lambda: "b" * 2_000)
+
+    run(handler())
+    assert [e.name for e in journal.entries] == ["small"]
+
+    sender = Context(order(), MemoryJournal(), limits=limits,
+                     request_encoder=lambda r: b"r" * 600, clock_ms=lambda: 0)
+
+    async def sends() -> None:
+        with pytest.raises(PayloadTooLarge, match="max_request_bytes=500"):
+            await sender.send("Mail/notify", {"to": "ada"})
+
+    run(sends())

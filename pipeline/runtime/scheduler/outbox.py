@@ -14,10 +14,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from pipeline.errors import PipelineError
 from pipeline.runtime.consumed import ConsumedRecord
+from pipeline.runtime.scheduler.transactions import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,10 @@ class Outbox:
     """Produces into the open transaction; remembers content refusals per transaction."""
 
     def __init__(
-        self, producer: Producer, *, max_record_bytes: int, dead_letter_topic: str,
+        self, transactions: Transactions, *, max_record_bytes: int, dead_letter_topic: str,
         dead_letter_record_bytes: int,
     ) -> None:
-        self._producer = producer
+        self._transactions = transactions
         self._max_record_bytes = max_record_bytes
         self._dead_letter_topic = dead_letter_topic
         self._dead_letter_record_bytes = dead_letter_record_bytes
@@ -63,14 +64,14 @@ class Outbox:
 
     def begin(self) -> None:
         self._refused.clear()
-        self._producer.begin_transaction()
+        self._transactions.begin()
 
     def refusal(self) -> str | None:
         """Why Kafka refused a record of this transaction for its content, if it did.
 
         Serves the delivery reports first: they arrive only when polled.
         """
-        self._producer.poll(0)
+        self._transactions.producer.poll(0)
         return "; ".join(self._refused) if self._refused else None
 
     def send(
@@ -145,9 +146,10 @@ class Outbox:
             if on_delivery is not None:
                 on_delivery(error, message)
 
+        producer = self._transactions.producer
         while True:
             try:
-                self._producer.produce(
+                producer.produce(
                     topic,
                     value,
                     key,
@@ -159,7 +161,7 @@ class Outbox:
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports to make room.
-                self._producer.poll(0.05)
+                producer.poll(0.05)
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.fatal() or error.retriable():

@@ -28,6 +28,7 @@ invocation it concerns fails, and the rest of the batch goes on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -41,7 +42,6 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
@@ -87,7 +87,7 @@ from pipeline.core.scheduler import (
     decide,
     refuse,
 )
-from pipeline.errors import DecodeError
+from pipeline.errors import DecodeError, RetryableError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.consumed import ConsumedRecord, read_record
 from pipeline.runtime.limit_rules import LimitRuleReader
@@ -98,6 +98,7 @@ from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
 from pipeline.runtime.scheduler.restore import restore
 from pipeline.runtime.scheduler.service_registry import ServiceRegistry
 from pipeline.runtime.scheduler.state_store import StateStore, default_state_root
+from pipeline.runtime.scheduler.transactions import Transactions, is_fenced, retrying
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class SchedulerProcessor:
         self._clock = clock
         self._rng = rng or random.Random()
         self._states: dict[int, PartitionState] = {}
-        self._producer: Producer | None = None
+        self._transactions: Transactions | None = None
         self._outbox: Outbox | None = None
         self._limits = settings.payload_limits
         # Records dead-lettered because they could not be read or processed at all.
@@ -216,12 +217,11 @@ class SchedulerProcessor:
             self._names.group("scheduler"),
             self._settings.instance_id,
         )
-        producer = Producer(self._producer_config())
-        producer.init_transactions(30)
-        self._producer = producer
+        transactions = Transactions(self._producer_config())
+        self._transactions = transactions
         catalogue = self._settings.catalogue
         self._outbox = Outbox(
-            producer,
+            transactions,
             max_record_bytes=catalogue.max_record_bytes,
             dead_letter_topic=self._names.dead_letter,
             dead_letter_record_bytes=catalogue.dead_letter_record_bytes,
@@ -233,13 +233,7 @@ class SchedulerProcessor:
             self._settings.kafka_bootstrap_servers, self._names.limits, self._codec
         )
         rules.catch_up(30)
-        consumer = Consumer(self._consumer_config())
-        consumer.subscribe(
-            [self._names.invocations, self._names.journal],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
+        consumer = self._new_consumer()
         log.info("scheduler %s started", self._instance)
         try:
             while not stop.is_set():
@@ -250,20 +244,45 @@ class SchedulerProcessor:
                 # Looked up once a loop: each look is a RocksDB seek per partition.
                 wake = self._next_wake_ms()
                 batch = self._next_batch(consumer, wake)
+                if any(_is_fatal(m.error()) for m in batch):
+                    consumer = self._renew_consumer(consumer)
+                    continue
                 now = self._clock()
                 pending = self._capacity.pending or any(
                     s.pump_pending for s in self._states.values()
                 )
                 if batch or pending or (wake is not None and wake <= now):
-                    self._process(consumer, producer, batch, now)
+                    self._process(consumer, batch, now)
         finally:
             consumer.close()
             registry.close()
             rules.close()
-            producer.flush(10)
+            transactions.close(10)
             self._states.clear()
             self._state_store.close()
             self._state_store = None
+
+    def _new_consumer(self) -> Consumer:
+        consumer = Consumer(self._consumer_config())
+        consumer.subscribe(
+            [self._names.invocations, self._names.journal],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        return consumer
+
+    def _renew_consumer(self, old: Consumer) -> Consumer:
+        """A consumer that reported a fatal error never consumes again; seen after a
+        broker restart, when the coordinator fences a static member rejoining with its
+        old member id. Its partitions are dropped (their state is committed, and comes
+        back from the local store when they are assigned again) and a new consumer joins."""
+        log.warning("scheduler consumer failed fatally: joining the group with a new one")
+        with contextlib.suppress(KafkaException, RuntimeError):
+            old.close()
+        self._discard()
+        self._on_revoke(old, [TopicPartition(self._names.invocations, p) for p in self._states])
+        return self._new_consumer()
 
     def _next_batch(self, consumer: Consumer, wake_ms: int | None) -> list[Message]:
         # consume(n, timeout) waits for n records or the timeout, which would add the
@@ -297,9 +316,7 @@ class SchedulerProcessor:
         self._apply(state, head, Admitted(head), now)
         return True
 
-    def _process(
-        self, consumer: Consumer, producer: Producer, batch: list[Message], now: int
-    ) -> None:
+    def _process(self, consumer: Consumer, batch: list[Message], now: int) -> None:
         records = self._readable(batch)
         # Timers wait while the local queue holds more input: a lease must not be
         # fenced for want of progress reports that are already fetched but unread.
@@ -310,14 +327,14 @@ class SchedulerProcessor:
                 self._on_message(record, now)
             self._after_records(now, timers)
 
-        outcome = self._transact(consumer, producer, now, whole_batch)
+        outcome = self._transact(consumer, now, whole_batch)
         if isinstance(outcome, Poisoned):
             log.error(
                 "a batch of %d records failed (%s): running them one at a time",
                 len(records),
                 outcome.reason,
             )
-            self._isolate(consumer, producer, records, now, timers)
+            self._isolate(consumer, records, now, timers)
 
     def _readable(self, batch: list[Message]) -> list[ConsumedRecord]:
         records: list[ConsumedRecord] = []
@@ -337,44 +354,42 @@ class SchedulerProcessor:
         for state in list(self._states.values()):
             pump(state, self._rules, now, self._admit_head)
 
-    def _transact(
-        self, consumer: Consumer, producer: Producer, now: int, work: Callable[[], None]
-    ) -> Outcome:
+    def _transact(self, consumer: Consumer, now: int, work: Callable[[], None]) -> Outcome:
         """Run `work` and commit its outputs, changelog and offsets in one transaction."""
-        outbox = self._outbox
-        assert outbox is not None
+        outbox, transactions = self._outbox, self._transactions
+        assert outbox is not None and transactions is not None
         outbox.begin()
         try:
             work()
             self._capacity.settle(self._states, self._rules, self._start_granted(now))
             self._capacity.flush(self._send_capacity)
             writes = self._write_changes(now)
-            if self._offsets:
-                offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
-                producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), 30
-                )
-            producer.commit_transaction(30)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+            transactions.commit(offsets, consumer.consumer_group_metadata())
         except KafkaException as exc:
             error = exc.args[0]
-            refused = outbox.refusal()
-            if refused is None and not error.txn_requires_abort():
-                raise
+            refused = None if is_fenced(error) else outbox.refusal()
             log.warning("aborting scheduler transaction: %s", refused or error)
-            producer.abort_transaction(30)
+            transactions.abort()
             if refused is not None:
                 self._discard()
                 return Poisoned(f"Kafka refused a record: {refused}")
             self._rewind(consumer)
             return Rewound()
+        except (TimeoutError, RetryableError) as exc:
+            # Kafka is slow or away (a side reader timed out): not the batch's fault.
+            log.warning("aborting scheduler transaction, Kafka is not answering: %s", exc)
+            transactions.abort()
+            self._rewind(consumer)
+            return Rewound()
         except Exception as exc:
             log.exception("scheduler transaction failed; aborting it")
-            producer.abort_transaction(30)
+            transactions.abort()
             self._discard()
             return Poisoned(f"{type(exc).__name__}: {exc}")
         self._offsets.clear()
         # Serve the delivery reports, so the checkpoints cover this batch.
-        producer.poll(0)
+        transactions.producer.poll(0)
         for partition, state in self._states.items():
             checkpoint = Checkpoint(
                 self._names.scheduler_state,
@@ -388,7 +403,6 @@ class SchedulerProcessor:
     def _isolate(
         self,
         consumer: Consumer,
-        producer: Producer,
         records: list[ConsumedRecord],
         now: int,
         timers: bool,
@@ -396,13 +410,13 @@ class SchedulerProcessor:
         """Each record in a transaction of its own; one that fails alone is quarantined."""
         for record in records:
             outcome = self._transact(
-                consumer, producer, now, functools.partial(self._on_message, record, now)
+                consumer, now, functools.partial(self._on_message, record, now)
             )
             if isinstance(outcome, Poisoned):
-                outcome = self._quarantine(consumer, producer, record, outcome.reason, now)
+                outcome = self._quarantine(consumer, record, outcome.reason, now)
             if isinstance(outcome, Rewound):
                 return  # what is left comes again from the committed offsets
-        outcome = self._transact(consumer, producer, now, lambda: self._after_records(now, timers))
+        outcome = self._transact(consumer, now, lambda: self._after_records(now, timers))
         if isinstance(outcome, Poisoned):
             # No record to blame: the next loop tries again, and its records go on.
             log.error("timers and queue pump failed: %s", outcome.reason)
@@ -410,7 +424,6 @@ class SchedulerProcessor:
     def _quarantine(
         self,
         consumer: Consumer,
-        producer: Producer,
         record: ConsumedRecord,
         reason: str,
         now: int,
@@ -435,9 +448,9 @@ class SchedulerProcessor:
             )
             outbox.dead_letter(bare, why, Origin.of(record))
 
-        outcome = self._transact(consumer, producer, now, with_invocation)
+        outcome = self._transact(consumer, now, with_invocation)
         if isinstance(outcome, Poisoned):
-            outcome = self._transact(consumer, producer, now, alone)
+            outcome = self._transact(consumer, now, alone)
         if isinstance(outcome, Poisoned):
             raise RuntimeError(f"cannot even dead-letter {record.where()}: {outcome.reason}")
         return outcome
@@ -494,7 +507,9 @@ class SchedulerProcessor:
     def _rewind(self, consumer: Consumer) -> None:
         """After an abort, state and positions go back to the last committed batch."""
         self._discard()
-        committed = consumer.committed(consumer.assignment(), timeout=30)
+        committed = retrying(
+            "committed offsets", lambda: consumer.committed(consumer.assignment(), timeout=30)
+        )
         for tp in committed:
             consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
 
@@ -825,6 +840,10 @@ class SchedulerProcessor:
         outbox = self._outbox
         assert outbox is not None
         outbox.send(topic, partition, key, value, on_delivery=on_delivery)
+
+
+def _is_fatal(error: KafkaError | None) -> bool:
+    return error is not None and (error.fatal() or error.code() == KafkaError._FATAL)
 
 
 def _own_headers(record: ConsumedRecord) -> list[tuple[str, bytes]]:

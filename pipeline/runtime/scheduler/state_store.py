@@ -8,6 +8,7 @@ all of it, and memory no longer grows with the number of invocations and queues.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -42,7 +43,9 @@ class StateStore:
         base.mkdir(parents=True, exist_ok=True)
         self.ephemeral = instance_id is None
         if instance_id is None:
-            self.path = Path(tempfile.mkdtemp(prefix=f"tmp-{uuid.uuid4().hex[:8]}-", dir=base))
+            _remove_abandoned(base)
+            prefix = f"{_PRIVATE}{uuid.uuid4().hex[:8]}-"
+            self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
         else:
             self.path = base / instance_id
         options = Options(raw_mode=True)
@@ -56,6 +59,7 @@ class StateStore:
         table.set_bloom_filter(10, False)
         options.set_block_based_table_factory(table)
         self.db = Rdict(str(self.path), options)
+        _OPEN.add(self.path)
         log.info("scheduler state in %s", self.path)
 
     def wipe_partition(self, partition: int) -> None:
@@ -63,8 +67,41 @@ class StateStore:
 
     def close(self) -> None:
         self.db.close()
+        _OPEN.discard(self.path)
         if self.ephemeral:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+_PRIVATE = "tmp-"
+
+
+def _remove_abandoned(base: Path) -> None:
+    """Delete private directories whose process died without closing them (kill -9).
+
+    RocksDB holds a POSIX lock on its LOCK file while open: a directory whose lock we
+    can take is open nowhere. (POSIX locks do not conflict within one process, so this
+    process's own open stores are told apart by being in `_OPEN`.)
+    """
+    for path in base.glob(f"{_PRIVATE}*"):
+        if path in _OPEN or not path.is_dir():
+            continue
+        lock = path / "LOCK"
+        if not lock.exists():
+            continue  # not opened yet: another process may be creating it right now
+        try:
+            with lock.open("r+") as handle:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(handle, fcntl.LOCK_UN)
+        except BlockingIOError:
+            continue  # open in a live process
+        except OSError as exc:
+            log.warning("cannot check private scheduler state %s: %s", path, exc)
+            continue
+        log.info("removing private scheduler state %s left by a process that died", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+_OPEN: set[Path] = set()
 
 
 def partition_prefix(partition: int) -> bytes:

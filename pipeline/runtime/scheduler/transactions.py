@@ -1,0 +1,134 @@
+"""The scheduler's transactional producer, riding out broker outages.
+
+Every call waits at most `_CALL_TIMEOUT_S`. A commit that fails for any reason
+(the broker away, the transaction lost) is aborted, and the caller runs its batch
+again from its last committed state; an abort that does not go through in time, or a
+producer that reports a fatal error, is replaced by a new producer under the same
+transactional id, whose `init_transactions` aborts what the old one left open and is
+retried, logged every few seconds, until the broker answers.
+
+"Fenced" is fatal too, and has two causes that look alike: an outage longer than the
+transaction timeout (the coordinator aborted the open transaction and bumped the
+epoch), or another live process with the same transactional id. Like Kafka Streams,
+the producer is renewed and the processor rejoins from its committed state; if fences
+keep coming (`MAX_FENCES` within `FENCE_WINDOW_S`), another process really holds the
+id, and this one stops rather than fence it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_CALL_TIMEOUT_S = 30.0
+_BACKOFF_S = (0.1, 0.2, 0.5, 1.0)
+_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+MAX_FENCES = 3
+FENCE_WINDOW_S = 60.0
+
+
+class StillFenced(Exception):
+    """Another live process holds this process's transactional id."""
+
+
+def is_fenced(error: KafkaError) -> bool:
+    """Another producer with this transactional id took over: this one must stop."""
+    return error.code() in _FENCED
+
+
+_LOG_EVERY_S = 5.0
+
+
+def retrying(what: str, call: Callable[[], _T]) -> _T:
+    """`call()`, again after each retriable error, for as long as it takes; other errors
+    propagate. Logged while it lasts, so that a wait on Kafka is never silent."""
+    tries = 0
+    first_failure = last_log = 0.0
+    while True:
+        try:
+            result = call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.retriable() or error.fatal():
+                raise
+            now = time.monotonic()
+            first_failure = first_failure or now
+            if now - last_log >= _LOG_EVERY_S:
+                last_log = now
+                log.warning(
+                    "Kafka has not answered %s for %.1f s, retrying: %s",
+                    what,
+                    now - first_failure,
+                    error,
+                )
+            time.sleep(_BACKOFF_S[min(tries, len(_BACKOFF_S) - 1)])
+            tries += 1
+            continue
+        if first_failure:
+            log.info("%s went through after %.1f s", what, time.monotonic() - first_failure)
+        return result
+
+
+class Transactions:
+    def __init__(self, config: dict[str, object]) -> None:
+        self._config = config
+        self._fences: list[float] = []
+        self.producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        producer = Producer(self._config)
+        retrying("init_transactions", lambda: producer.init_transactions(_CALL_TIMEOUT_S))
+        return producer
+
+    def begin(self) -> None:
+        self.producer.begin_transaction()
+
+    def commit(self, offsets: list[TopicPartition], group_metadata: object) -> None:
+        """Raises `KafkaException` when the transaction did not commit: abort it then."""
+        producer = self.producer
+        if offsets:
+            producer.send_offsets_to_transaction(offsets, group_metadata, _CALL_TIMEOUT_S)
+        producer.commit_transaction(_CALL_TIMEOUT_S)
+
+    def abort(self) -> None:
+        """Abort the open transaction; a producer that cannot is replaced."""
+        try:
+            self.producer.abort_transaction(_CALL_TIMEOUT_S)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if is_fenced(error):
+                self._count_fence(error)
+            log.warning("transactional producer unusable (%s): starting a new one", error)
+            self.renew()
+
+    def _count_fence(self, error: KafkaError) -> None:
+        now = time.monotonic()
+        self._fences = [t for t in self._fences if now - t < FENCE_WINDOW_S] + [now]
+        if len(self._fences) > MAX_FENCES:
+            raise StillFenced(
+                f"fenced {len(self._fences)} times in {FENCE_WINDOW_S:.0f} s ({error}): another "
+                f"process uses transactional id {self._config.get('transactional.id')!r}; "
+                "give every scheduler its own PIPELINE_INSTANCE_ID"
+            )
+
+    def renew(self) -> None:
+        """A new producer under the same transactional id; it fences the old one, whose
+        open transaction the coordinator aborts."""
+        old = self.producer
+        old.purge()
+        self.producer = self._new_producer()
+
+    def close(self, timeout_s: float) -> None:
+        """Deliver what is queued; at shutdown a failure is logged, not raised, so that it
+        cannot hide the error that stopped the loop."""
+        try:
+            self.producer.flush(timeout_s)
+        except KafkaException as exc:
+            log.warning("transactional producer closed with an error: %s", exc)
