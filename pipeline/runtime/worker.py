@@ -31,7 +31,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from pipeline.codec.records import WireCodec
-from pipeline.errors import ValidationError
+from pipeline.errors import RetryableError, ValidationError
+from pipeline.runtime.consumed import ConsumedRecord, read_record
 from pipeline.runtime.dispatch_consumer import DispatchConsumer, position
 from pipeline.runtime.invoker import Invoker
 from pipeline.runtime.kafka_clients import (
@@ -196,24 +197,41 @@ class Worker:
     async def _run_dispatch(
         self, invoker: Invoker, msg: Message, committed: Awaitable[bool]
     ) -> None:
-        _, partition, offset = position(msg)
-        value = msg.value()
+        record = read_record(msg)
         try:
-            if value is None:
+            if record.value is None:
                 raise ValueError("the record has no value")
-            order = self._codec.decode_dispatch(value)
+            order = self._codec.decode_dispatch(record.value)
         except Exception as exc:
-            # The scheduler's lease recovers the attempt, if this was one.
+            # Kept on the dead-letter topic; the scheduler's lease recovers the attempt,
+            # if this was one.
+            reason = f"dispatch record undecodable: {type(exc).__name__}: {exc}"
             log.error(
-                "dispatch record undecodable; skipped",
-                extra={
-                    "partition": partition,
-                    "offset": offset,
-                    "error": f"{type(exc).__name__}: {exc}",
-                },
+                "dispatch record undecodable; dead-lettered",
+                extra={"partition": record.partition, "offset": record.offset, "error": reason},
             )
+            await self._dead_letter(record, reason)
             return
-        await invoker.invoke(order, partition, msg.timestamp()[1], committed)
+        await invoker.invoke(order, record.partition, record.timestamp_ms, committed)
+
+    async def _dead_letter(self, record: ConsumedRecord, reason: str) -> None:
+        producer = self._producer
+        assert producer is not None
+        headers = [
+            *record.headers,
+            ("dlq.reason", reason[:2_000].encode()),
+            ("dlq.topic", record.topic.encode()),
+            ("dlq.partition", str(record.partition).encode()),
+            ("dlq.offset", str(record.offset).encode()),
+        ]
+        if record.unreadable is not None:
+            headers.append(("dlq.unreadable", record.unreadable.encode()))
+        try:
+            await producer.send(
+                self._topics.dead_letter, record.value or b"", key=record.key, headers=headers
+            )
+        except RetryableError as exc:
+            log.error("dead-letter record not written", extra={"error": str(exc)})
 
     async def _drain(self, running: set[asyncio.Task[None]]) -> None:
         """Let running attempts finish within the grace period, then cancel the rest."""

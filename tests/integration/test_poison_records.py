@@ -268,3 +268,36 @@ def test_poison_journal_records_fail_their_invocation_or_are_dead_lettered(
     assert by_id.get("held-header") is None or by_id["held-header"].output != b'"ok"'
     assert scheduler.pid == pid and scheduler.alive
     outcomes.close()
+
+
+def test_poison_dispatch_records_are_dead_lettered_by_the_worker(
+    settings: Settings, scheduler: SchedulerProcess
+) -> None:
+    producer = _producer(settings)
+    names = settings.topic_names
+    outcomes = Outcomes(settings)
+    with running_worker(settings, [service]):
+        for partition, headers in ((0, [(b"\xff\xfebad", b"v")]), (1, [])):
+            produce_raw(
+                settings.kafka_bootstrap_servers, names.dispatch, partition, b"k",
+                b"\xc3\x01not a dispatch order", headers,
+            )
+        for i in range(20):
+            producer.produce(names.invocations, _json("Poison/echo", i, f"after-{i}"), headers=JSON)
+        producer.flush(30)
+
+        def settled() -> bool:
+            ids = {r.invocation_id for r in outcomes.results()}
+            dispatch = [
+                d for d in outcomes.dead_letters()
+                if d.headers.get("dlq.topic") == names.dispatch.encode()
+            ]
+            return {f"after-{i}" for i in range(20)} <= ids and len(dispatch) >= 2
+
+        outcomes.wait_until(settled, 60, "the dispatch dead letters and 20 results")
+    letters = [
+        d for d in outcomes.dead_letters() if d.headers.get("dlq.topic") == names.dispatch.encode()
+    ]
+    assert all("undecodable" in d.reason for d in letters)
+    assert any("dlq.unreadable" in d.headers for d in letters)
+    outcomes.close()
