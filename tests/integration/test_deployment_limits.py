@@ -139,16 +139,18 @@ def test_lifting_the_cap_starts_what_awaits_it_and_no_unit_is_lost(
                 awaiting = [
                     i for i in view.invocations() if i.status is InvocationStatus.AWAITING_CAPACITY
                 ]
-                if len(awaiting) == 20:
+                load = view.deployment_load("Pool")
+                # The view reads each changelog partition on its own: the home's count
+                # may trail the invocations' rows on other partitions for a moment.
+                if len(awaiting) == 20 and load is not None and load.waiting == 20:
                     break
-                assert time.monotonic() < deadline, f"{len(awaiting)} of 20 await capacity"
+                assert time.monotonic() < deadline, f"{len(awaiting)} of 20 await; home: {load}"
                 time.sleep(0.1)
             assert runs == []
             queue = next(q for q in view.queues() if q.awaiting_capacity)
             report = queue_report(queue, (), int(time.time() * 1000))
             assert report.head_blocker is Blocker.DEPLOYMENT_CAPACITY
-            load = view.deployment_load("Pool")
-            assert load is not None and load.waiting == 20 and load.running == 0
+            assert load.running == 0
 
             change_limits(settings, lambda rules: delete_deployment_limit(rules, "Pool", None))
             wait_for_runs(20, timeout_s=30)
