@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import importlib
 import json
 import logging
@@ -176,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # `kill -USR1 <pid>` prints every thread's stack: what a process that seems stuck
+    # is waiting for.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     from pipeline.errors import PipelineError
 
     try:

@@ -95,11 +95,15 @@ def test_the_scheduler_rides_out_a_broker_outage(
             sender.join(SECONDS * 2)
             assert producer.flush(60) == 0, "the test's own requests were not delivered"
             outcomes = reader = Outcomes(settings)
-            outcomes.wait_until(
-                lambda: {r.invocation_id for r in reader.results()} >= set(ids),
-                120,
-                "a result for every invocation after the outage",
-            )
+            try:
+                outcomes.wait_until(
+                    lambda: {r.invocation_id for r in reader.results()} >= set(ids),
+                    120,
+                    "a result for every invocation after the outage",
+                )
+            except AssertionError:
+                scheduler.dump_stacks()  # into scheduler.log: what it waits for
+                raise
             assert scheduler.alive and scheduler.pid == pid, "the scheduler did not ride it out"
         results = outcomes.results()
         counts = Counter(r.invocation_id for r in results)

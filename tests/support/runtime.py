@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,10 +158,24 @@ class SchedulerProcess:
         self._process.wait()
         self._process = self._start()
 
+    def dump_stacks(self) -> None:
+        """Have the process print its threads' stacks to its log (a test about to fail)."""
+        if self.alive:
+            self._process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+
     def stop(self) -> None:
         self._process.send_signal(signal.SIGTERM)
-        self._process.wait(30)
-        self._log.close()
+        try:
+            self._process.wait(30)
+        except subprocess.TimeoutExpired:
+            # Leave no process behind; its log says why it did not stop.
+            self.dump_stacks()
+            self._process.kill()
+            self._process.wait()
+            raise
+        finally:
+            self._log.close()
 
 
 @contextmanager

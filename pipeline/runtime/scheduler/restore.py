@@ -111,10 +111,24 @@ def _fold(
 ) -> int:
     records = 0
     offset = -1
+    waited = 0.0
     while True:
         message = consumer.poll(5.0)
         if message is None:
+            # Never silent: an open transaction on the changelog (of a process that
+            # died) holds a read_committed reader back until its timeout aborts it.
+            waited += 5.0
+            log.warning(
+                "restoring %s[%d]: no record for %.0f s after %d records (offset %d); "
+                "waiting for the end of the committed changelog",
+                changelog,
+                state.partition,
+                waited,
+                records,
+                offset,
+            )
             continue
+        waited = 0.0
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
