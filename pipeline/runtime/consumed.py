@@ -58,6 +58,26 @@ class ConsumedRecord:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
+REASON_CHARS = 2_000
+
+
+def dead_letter_headers(
+    topic: str, partition: int, offset: int, reason: str, unreadable: str | None
+) -> list[tuple[str, bytes]]:
+    """The headers a dead-letter record adds to the original's: why, and where from."""
+    if len(reason) > REASON_CHARS:
+        reason = f"{reason[:REASON_CHARS]}..."
+    headers = [
+        ("dlq.reason", reason.encode()),
+        ("dlq.topic", topic.encode()),
+        ("dlq.partition", str(partition).encode()),
+        ("dlq.offset", str(offset).encode()),
+    ]
+    if unreadable is not None:
+        headers.append(("dlq.unreadable", unreadable.encode()))
+    return headers
+
+
 def read_record(message: Message) -> ConsumedRecord:
     """The record in `message`, which must not be an error event (`message.error()`)."""
     topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -80,13 +100,12 @@ def read_record(message: Message) -> ConsumedRecord:
                 (name, value if isinstance(value, bytes) else (value or "").encode())
                 for name, value in pairs
             )
-    key, value = message.key(), message.value()
     return ConsumedRecord(
         topic,
         partition,
         offset,
-        key if isinstance(key, bytes) or key is None else str(key).encode(),
-        value if isinstance(value, bytes) or value is None else str(value).encode(),
+        message.key(),
+        message.value(),
         headers,
         message.timestamp()[1],
         unreadable,

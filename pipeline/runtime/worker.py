@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from pipeline.codec.records import WireCodec
 from pipeline.errors import RetryableError, ValidationError
-from pipeline.runtime.consumed import ConsumedRecord, read_record
+from pipeline.runtime.consumed import ConsumedRecord, dead_letter_headers, read_record
 from pipeline.runtime.dispatch_consumer import DispatchConsumer, position
 from pipeline.runtime.invoker import Invoker
 from pipeline.runtime.kafka_clients import (
@@ -219,13 +219,10 @@ class Worker:
         assert producer is not None
         headers = [
             *record.headers,
-            ("dlq.reason", reason[:2_000].encode()),
-            ("dlq.topic", record.topic.encode()),
-            ("dlq.partition", str(record.partition).encode()),
-            ("dlq.offset", str(record.offset).encode()),
+            *dead_letter_headers(
+                record.topic, record.partition, record.offset, reason, record.unreadable
+            ),
         ]
-        if record.unreadable is not None:
-            headers.append(("dlq.unreadable", record.unreadable.encode()))
         try:
             await producer.send(
                 self._topics.dead_letter, record.value or b"", key=record.key, headers=headers

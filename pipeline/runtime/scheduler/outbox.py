@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from pipeline.errors import PipelineError
-from pipeline.runtime.consumed import ConsumedRecord
+from pipeline.runtime.consumed import REASON_CHARS, ConsumedRecord, dead_letter_headers
 from pipeline.runtime.scheduler.transactions import Transactions
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ CONTENT_ERRORS = frozenset(
         KafkaError.POLICY_VIOLATION,
     }
 )
-_REASON_CHARS = 2_000
 
 
 class RecordTooLarge(PipelineError):
@@ -104,15 +103,9 @@ class Outbox:
             else (origin.topic, origin.partition, origin.offset, origin.key)
         )
         log.warning("dead-lettering %s[%d]@%d: %s", topic, partition, offset, reason)
-        reason = reason if len(reason) <= _REASON_CHARS else f"{reason[:_REASON_CHARS]}..."
         about: OutHeaders = [
-            ("dlq.reason", reason.encode()),
-            ("dlq.topic", topic.encode()),
-            ("dlq.partition", str(partition).encode()),
-            ("dlq.offset", str(offset).encode()),
+            *dead_letter_headers(topic, partition, offset, reason, record.unreadable)
         ]
-        if record.unreadable is not None:
-            about.append(("dlq.unreadable", record.unreadable.encode()))
         own: OutHeaders = [h for h in record.headers if not h[0].startswith(ORIGIN_HEADER)]
         value = record.value
         if _size(key, value, [*own, *about]) > self._dead_letter_record_bytes:
@@ -126,7 +119,7 @@ class Outbox:
         """A dead-letter record for an event no input record carried (a timer, an
         admission): keyed by the invocation, with the reason."""
         log.warning("dead-lettering an event of invocation %r: %s", invocation_id, reason)
-        headers: OutHeaders = [("dlq.reason", reason[:_REASON_CHARS].encode())]
+        headers: OutHeaders = [("dlq.reason", reason[:REASON_CHARS].encode())]
         self.dead_lettered += 1
         self._produce(self._dead_letter_topic, 0, invocation_id.encode(), None, headers, 0, None)
 
