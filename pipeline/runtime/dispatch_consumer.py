@@ -3,6 +3,14 @@
 A confluent-kafka `Consumer` is not safe to use from several threads at once, and its
 calls block; so every call goes through one single-thread executor, and the event loop
 awaits them.
+
+A batch counts as taken only if its offsets were committed in the group generation in
+which it was fetched. Rebalance callbacks run inside `poll`/`consume`, on the executor
+thread; so a batch's commit is queued on that thread before anything else can poll,
+and it refuses every partition that was revoked or assigned since the fetch. Committed
+later, in a new generation, the commit would be accepted even for a partition now owned
+by another worker, which had already read the old committed offset and runs the same
+dispatch again.
 """
 
 from __future__ import annotations
@@ -11,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -21,6 +30,17 @@ from pipeline.runtime.kafka_clients import ClientConfig
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+Where = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchBatch:
+    """Records fetched together, and their commit: it resolves to the partitions whose
+    offsets were committed, the only ones whose records this worker may run."""
+
+    records: list[Message]
+    committed: asyncio.Future[set[Where]]
 
 
 class DispatchConsumer:
@@ -32,6 +52,8 @@ class DispatchConsumer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-dispatch")
         self._consumer: Consumer | None = None
         self._paused = False
+        # Bumped for a partition whenever it is assigned, revoked or lost.
+        self._epochs: dict[Where, int] = {}
 
     async def _call(self, fn: Callable[[], R]) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -41,19 +63,48 @@ class DispatchConsumer:
 
     def _open(self) -> None:
         consumer = Consumer(self._config)
-        consumer.subscribe([self._topic])
+        consumer.subscribe(
+            [self._topic],
+            on_assign=self._moved,
+            on_revoke=self._moved,
+            on_lost=self._moved,
+        )
         self._consumer = consumer
+
+    def _moved(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            where = (tp.topic, tp.partition)
+            self._epochs[where] = self._epochs.get(where, 0) + 1
 
     def _client(self) -> Consumer:
         if self._consumer is None:
             raise RuntimeError("the dispatch consumer is not open")
         return self._consumer
 
-    async def poll_batch(self, max_records: int, timeout_s: float) -> list[Message]:
-        """Up to `max_records` dispatch records; waits at most `timeout_s` for the first."""
-        return await self._call(lambda: self._poll_batch(max_records, timeout_s))
+    async def poll_batch(self, max_records: int, timeout_s: float) -> DispatchBatch:
+        """Up to `max_records` dispatch records, their commit already started; waits at
+        most `timeout_s` for the first record."""
+        records, commit = await self._call(lambda: self._poll_batch(max_records, timeout_s))
+        committed: asyncio.Future[set[Where]]
+        if commit is None:
+            committed = asyncio.get_running_loop().create_future()
+            committed.set_result(set())
+        else:
+            committed = asyncio.wrap_future(commit)
+        return DispatchBatch(records, committed)
 
-    def _poll_batch(self, max_records: int, timeout_s: float) -> list[Message]:
+    def _poll_batch(
+        self, max_records: int, timeout_s: float
+    ) -> tuple[list[Message], Future[set[Where]] | None]:
+        records, epochs = self._fetch(max_records, timeout_s)
+        if not records:
+            return [], None
+        fetched_in = {where: epochs.get(where, 0) for where in _partitions(records)}
+        # Queued on this thread now, so no poll (and no rebalance) comes before it.
+        return records, self._executor.submit(self._commit, records, fetched_in)
+
+    def _fetch(self, max_records: int, timeout_s: float) -> tuple[list[Message], dict[Where, int]]:
+        """Records, and the partitions' epochs when the first of them was returned."""
         consumer = self._client()
         if self._paused:
             consumer.resume(consumer.assignment())
@@ -62,7 +113,11 @@ class DispatchConsumer:
         # what is already fetched. A single consume(n, timeout) would wait for n records.
         first = consumer.poll(timeout_s)
         if first is None:
-            return []
+            return [], {}
+        # A rebalance served by poll() came before `first`; one served by consume() may
+        # come after some of the records, so the commit refuses partitions that moved
+        # since `first`.
+        epochs = dict(self._epochs)
         fetched = [first]
         if max_records > 1:
             fetched.extend(consumer.consume(max_records - 1, 0))
@@ -75,38 +130,61 @@ class DispatchConsumer:
                 consumer.close()
             self._paused = False
             self._open()
-            return []
-        return [msg for msg in fetched if _usable(msg)]
+            return [], {}
+        return [msg for msg in fetched if _usable(msg)], epochs
 
-    async def commit(self, batch: Sequence[Message]) -> set[tuple[str, int]]:
-        """Commit past `batch`, synchronously; returns the partitions that committed."""
-        return await self._call(lambda: self._commit(batch))
-
-    def _commit(self, batch: Sequence[Message]) -> set[tuple[str, int]]:
-        next_offsets: dict[tuple[str, int], int] = {}
+    def _commit(self, batch: Sequence[Message], fetched_in: dict[Where, int]) -> set[Where]:
+        first: dict[Where, int] = {}
+        past: dict[Where, int] = {}
         for msg in batch:
             topic, partition, offset = position(msg)
             where = (topic, partition)
-            next_offsets[where] = max(next_offsets.get(where, 0), offset + 1)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
-        try:
-            committed = self._client().commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            log.warning(
-                "dispatch commit failed; leaving the batch to the scheduler's leases",
-                extra={"error": str(exc), "records": len(batch)},
+            first[where] = min(first.get(where, offset), offset)
+            past[where] = max(past.get(where, 0), offset + 1)
+        moved = {w for w, epoch in fetched_in.items() if self._epochs.get(w, 0) != epoch}
+        if moved:
+            log.info(
+                "dispatch records fetched before a rebalance are not run here",
+                extra={"partitions": sorted(p for _, p in moved)},
             )
-            return set()
-        ok: set[tuple[str, int]] = set()
-        for tp in committed or offsets:
-            if tp.error is not None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in past.items() if (t, p) not in moved]
+        ok: set[Where] = set()
+        if offsets:
+            try:
+                committed = self._client().commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
                 log.warning(
-                    "dispatch commit failed for a partition; leaving its records to leases",
-                    extra={"topic": tp.topic, "partition": tp.partition, "error": str(tp.error)},
+                    "dispatch commit failed; the batch is fetched again",
+                    extra={"error": str(exc), "records": len(batch)},
                 )
-            else:
-                ok.add((tp.topic, tp.partition))
+                committed = []
+            for tp in committed:
+                if tp.error is not None:
+                    log.warning(
+                        "dispatch commit failed for a partition; its records are fetched again",
+                        extra={"partition": tp.partition, "error": str(tp.error)},
+                    )
+                else:
+                    ok.add((tp.topic, tp.partition))
+        self._rewind({w: offset for w, offset in first.items() if w not in ok})
         return ok
+
+    def _rewind(self, first_offsets: dict[Where, int]) -> None:
+        """Fetch again, from its first record, a batch not committed on a partition this
+        worker still owns; on one it lost, the new owner starts at the committed offset."""
+        consumer = self._client()
+        owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        for (topic, partition), offset in first_offsets.items():
+            if (topic, partition) not in owned:
+                continue
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                # Left to the scheduler's lease, which dispatches the attempt again.
+                log.warning(
+                    "could not rewind an uncommitted dispatch batch",
+                    extra={"partition": partition, "offset": offset, "error": str(exc)},
+                )
 
     async def keep_alive(self) -> None:
         """Stay in the group while every slot is busy, without taking records.
@@ -150,6 +228,10 @@ def position(msg: Message) -> tuple[str, int, int]:
     if topic is None or partition is None or offset is None:
         raise ValueError("a consumed record without topic, partition or offset")
     return topic, partition, offset
+
+
+def _partitions(records: Sequence[Message]) -> set[Where]:
+    return {(topic, partition) for topic, partition, _ in map(position, records)}
 
 
 def _usable(msg: Message) -> bool:

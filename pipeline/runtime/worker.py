@@ -4,7 +4,8 @@ Per batch of dispatch records, in this order:
 
 1. Fetch at most as many records as there are free slots (backpressure: a busy worker
    leaves records in Kafka for idle ones).
-2. Start committing the offsets past the batch.
+2. Start committing the offsets past the batch, in the group generation it was fetched
+   in (see `dispatch_consumer`).
 3. Start one task per record; each journals its steps and its outcome to the journal
    partition with the dispatch record's partition number. A handler's first new step
    waits until the commit of step 2 has landed (and abandons the attempt if it failed).
@@ -182,13 +183,10 @@ class Worker:
         free: int,
     ) -> None:
         batch = await consumer.poll_batch(free, _POLL_TIMEOUT_S)
-        if not batch:
-            return
-        # Handlers start now; their first new step waits for this commit (module
+        # Handlers start now; their first new step waits for the batch's commit (module
         # docstring), so a handler without steps does not pay for it.
-        commit = asyncio.ensure_future(consumer.commit(batch))
-        for msg in batch:
-            committed = asyncio.ensure_future(_committed(commit, msg))
+        for msg in batch.records:
+            committed = asyncio.ensure_future(_committed(batch.committed, msg))
             task = asyncio.create_task(self._run_dispatch(invoker, msg, committed))
             running.add(task)
             task.add_done_callback(running.discard)
