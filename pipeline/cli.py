@@ -200,17 +200,17 @@ def load_settings() -> Settings:
     settings = Settings()
     if settings.kafka_bootstrap_servers:
         return settings
-    from pipeline.localkafka.broker import running_state
+    from pipeline.localkafka.cluster import running_bootstrap
 
-    state = running_state(default_data_dir())
-    if state is None:
+    bootstrap = running_bootstrap(default_data_dir())
+    if bootstrap is None:
         from pipeline.errors import ValidationError
 
         raise ValidationError(
             f"no Kafka to talk to: set {BOOTSTRAP_ENV}, or start the local broker with "
             "`pipeline kafka start` (or use `pipeline dev`, which starts one)"
         )
-    return settings.model_copy(update={"kafka_bootstrap_servers": state.bootstrap_servers})
+    return settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
 
 
 def load_services(specs: list[str] | None) -> list[Any]:

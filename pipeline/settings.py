@@ -31,7 +31,15 @@ class Settings(BaseSettings):
     lease_timeout_ms: int = Field(
         default=60_000,
         ge=100,
-        description="A running attempt that reports nothing for this long is fenced and retried.",
+        description="A dispatched attempt that no worker has reported taking within this "
+        "long (it waits in `dispatch` while every slot is busy) is fenced and retried.",
+    )
+    heartbeat_timeout_ms: int = Field(
+        default=3_000,
+        ge=500,
+        description="A taken attempt whose worker sends no heartbeat or step for this long "
+        "(the worker died or is cut off) is fenced and retried. Workers send a heartbeat "
+        "every (heartbeat_timeout_ms - lease_margin_ms) / 3.",
     )
     retention_ms: int = Field(
         default=24 * 3600 * 1000,
@@ -45,13 +53,22 @@ class Settings(BaseSettings):
         description="Workers give up an attempt this long before its lease could expire "
         "(covers clock skew between worker and scheduler hosts).",
     )
+    session_timeout_ms: int = Field(
+        default=6_000,
+        ge=1_000,
+        description="Consumer-group session of schedulers and workers: a process killed "
+        "or cut off loses its partitions after this long, and only then does another "
+        "take them over. 6 s is the lowest a broker accepts by default; lower "
+        "`group.min.session.timeout.ms` on the brokers to go lower (the local broker "
+        "accepts 1 s).",
+    )
     scheduler_batch_max: int = Field(default=2000, ge=1)
     instance_id: str | None = Field(
         default=None,
         description="Stable name of this process, unique per role. Set it (e.g. to a "
         "StatefulSet pod name) and a restarted process takes its partitions back and "
         "fences its predecessor's open transaction at once; unset, a restart waits for "
-        "the session (10 s) and transaction (10 s) timeouts of the dead process.",
+        "the session and transaction (3 s) timeouts of the dead process.",
     )
 
     state_dir: Path | None = Field(
@@ -94,6 +111,21 @@ class Settings(BaseSettings):
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
 
     @model_validator(mode="after")
+    def _heartbeats_fit_lease(self) -> Settings:
+        if self.heartbeat_timeout_ms < self.lease_margin_ms + 300:
+            raise ValueError(
+                f"heartbeat_timeout_ms={self.heartbeat_timeout_ms} leaves a worker no time "
+                f"to renew a lease after lease_margin_ms={self.lease_margin_ms}: raise it "
+                "to at least lease_margin_ms + 300"
+            )
+        return self
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """How often a worker renews the leases of the attempts it runs."""
+        return (self.heartbeat_timeout_ms - self.lease_margin_ms) // 3
+
+    @model_validator(mode="after")
     def _limits_fit_records(self) -> Settings:
         needed = self.payload_limits.record_bytes_needed
         if needed > self.max_record_bytes:
@@ -114,7 +146,10 @@ class Settings(BaseSettings):
 
     def membership(self, role: str) -> dict[str, str | int]:
         """Consumer-group membership settings of a process of `role`."""
-        config: dict[str, str | int] = {"session.timeout.ms": 10_000}
+        config: dict[str, str | int] = {
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(self.session_timeout_ms // 5, 100),
+        }
         if self.instance_id is not None:
             config["group.instance.id"] = f"{role}-{self.instance_id}"
         return config

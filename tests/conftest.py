@@ -10,6 +10,7 @@ import pytest
 from hypothesis import settings
 
 from pipeline.localkafka.broker import BrokerConfig, LocalBroker
+from pipeline.localkafka.cluster import ClusterConfig, LocalCluster
 
 # Per-example deadlines measure the machine, not the code: on 2 busy cores (a broker,
 # processors and tests at once) a slow example says nothing about correctness.
@@ -34,6 +35,24 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A local 3-broker KRaft cluster (replication factor 3, min.insync.replicas 2),
+    started by the first test that asks for it and stopped at the end of the session.
+
+    Always local, whatever $KAFKA_BOOTSTRAP_SERVERS says: tests kill and restart its
+    brokers (`kill_broker`, `stop_broker`, `start_broker`; node ids 1..3). A test that
+    takes a broker down calls `heal()` when done, so the next test gets all three.
+    A cluster that fails to start raises here: the tests using it error, never skip.
+    """
+    cluster = LocalCluster(ClusterConfig(data_dir=tmp_path_factory.mktemp("kafka-cluster")))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,6 +18,7 @@ from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import (
+    AttemptAlive,
     AttemptCompleted,
     AttemptFailed,
     AttemptFenced,
@@ -68,6 +69,7 @@ _ATTEMPT_COMPLETED = "pipeline.v1.AttemptCompleted"
 _ATTEMPT_FAILED = "pipeline.v1.AttemptFailed"
 _ATTEMPT_FENCED = "pipeline.v1.AttemptFenced"
 _ATTEMPT_SUSPENDED = "pipeline.v1.AttemptSuspended"
+_ATTEMPT_ALIVE = "pipeline.v1.AttemptAlive"
 
 CONTENT_TYPE = "content-type"
 
@@ -531,6 +533,8 @@ def _journal_to_avro(record: JournalRecord) -> Avro:
             body = (_ATTEMPT_FENCED, {"reason": record.reason})
         case AttemptSuspended():
             body = (_ATTEMPT_SUSPENDED, {"awaiting_index": record.awaiting_index})
+        case AttemptAlive():
+            body = (_ATTEMPT_ALIVE, {})
         case _:
             assert_never(record)
     return {"invocation_id": record.invocation_id, "attempt": record.attempt, "body": body}
@@ -641,6 +645,8 @@ def _journal_from_avro(record: Avro) -> JournalRecord:
         return AttemptFenced(invocation_id, attempt, body["reason"])
     if branch == _ATTEMPT_SUSPENDED:
         return AttemptSuspended(invocation_id, attempt, body["awaiting_index"])
+    if branch == _ATTEMPT_ALIVE:
+        return AttemptAlive(invocation_id, attempt)
     raise DecodeError(f"{JOURNAL}: unknown body {branch!r}")
 
 

@@ -279,7 +279,24 @@ class AttemptSuspended:
     awaiting_index: int
 
 
-JournalRecord = EntryAppended | AttemptCompleted | AttemptFailed | AttemptFenced | AttemptSuspended
+@dataclass(frozen=True, slots=True)
+class AttemptAlive:
+    """A heartbeat: the worker still runs the attempt. Sent when it takes the dispatch
+    and then regularly, so that an attempt whose worker died is fenced within the
+    heartbeat timeout instead of the lease a dispatch gets for waiting for a slot."""
+
+    invocation_id: str
+    attempt: int
+
+
+JournalRecord = (
+    EntryAppended
+    | AttemptCompleted
+    | AttemptFailed
+    | AttemptFenced
+    | AttemptSuspended
+    | AttemptAlive
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from pipeline.core.admission import Admit, admission
 from pipeline.core.lifecycle import InvocationStatus, Transition, transition
 from pipeline.core.limits import LimitRule, RateState, gcra_started
 from pipeline.core.model import (
+    AttemptAlive,
     AttemptCompleted,
     AttemptFailed,
     AttemptFenced,
@@ -194,6 +195,10 @@ class DecisionContext:
     # invocation awaits a unit of that cap before its attempt starts.
     capped_deployment: str | None = None
     limits: PayloadLimits = DEFAULT_LIMITS
+    # Once a worker reported the attempt (a heartbeat, a step), the lease is renewed for
+    # this long only: a dead worker's attempt is fenced within it. Until then the
+    # dispatch holds `lease_timeout_ms`, time to wait in `dispatch` for a free slot.
+    heartbeat_timeout_ms: int = 3_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,8 +383,7 @@ def _journal(
                 return _failed(invocation, queue, too_large_failure(too_large), None, ctx)
             if entry.failure is not None:
                 entry = replace(entry, failure=cut_failure(entry.failure, ctx.limits))
-            # Any progress report renews the lease, unless a fence is already on its way.
-            wake = None if invocation.fence_requested else ctx.now_ms + ctx.lease_timeout_ms
+            wake = _renewed_lease(invocation, ctx)
             sends: tuple[Effect, ...] = ()
             if entry.kind in (EntryKind.SEND, EntryKind.CALL) and entry.value is not None:
                 sends = (SendInvocation(entry.value),)
@@ -416,6 +420,13 @@ def _journal(
             return _failed(invocation, queue, failure, None, ctx)
         case AttemptSuspended(awaiting_index=index):
             return _suspended(invocation, queue, index, ctx)
+        case AttemptAlive():
+            return Decision(invocation.evolve(wake_at_ms=_renewed_lease(invocation, ctx)))
+
+
+def _renewed_lease(invocation: Invocation, ctx: DecisionContext) -> int | None:
+    # Any report from the worker renews the lease, unless a fence is already on its way.
+    return None if invocation.fence_requested else ctx.now_ms + ctx.heartbeat_timeout_ms
 
 
 def _suspended(
@@ -533,7 +544,8 @@ def _timer(invocation: Invocation | None, queue: VirtualQueue, ctx: DecisionCont
         fence = AttemptFenced(
             invocation.id,
             invocation.attempt,
-            f"lease of {ctx.lease_timeout_ms} ms expired without progress",
+            f"lease expired: no heartbeat for {ctx.heartbeat_timeout_ms} ms, or the "
+            f"dispatch not taken within {ctx.lease_timeout_ms} ms",
         )
         fenced = invocation.evolve(wake_at_ms=None, fence_requested=True)
         return Decision(fenced, effects=(AppendFence(fence, invocation.request.partition_key),))

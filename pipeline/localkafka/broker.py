@@ -1,4 +1,7 @@
-"""Run a single-node KRaft Kafka broker (combined broker + controller) from Maven jars.
+"""Run a KRaft Kafka broker (combined broker + controller) from Maven jars.
+
+By default one node is its own controller quorum; `cluster.LocalCluster` runs several
+nodes that share a quorum (`BrokerConfig.quorum_voters`, `cluster_id`, `overrides`).
 
 Data dir layout (all created by `LocalBroker.start`):
 
@@ -12,6 +15,7 @@ Data dir layout (all created by `LocalBroker.start`):
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import json
 import logging
@@ -59,6 +63,14 @@ class BrokerConfig:
     stop_timeout: float = 30.0
     # None means jars.default_cache_dir() (honours PIPELINE_CACHE_DIR).
     cache_dir: Path | None = None
+    # Cluster membership. None: a one-node quorum of node_id on controller_port. Set,
+    # it is `controller.quorum.voters` verbatim and controller_port must be fixed.
+    quorum_voters: str | None = None
+    # Used when the data dir is formatted (every node of a cluster needs the same one).
+    # None: a random id.
+    cluster_id: str | None = None
+    # Server properties written after (and so replacing) the generated ones.
+    overrides: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,8 @@ class LocalBroker:
         self.config = config
         self._proc: subprocess.Popen[bytes] | None = None
         self._bootstrap: str | None = None
+        # Between launch() and wait_ready(): the address and when the launch began.
+        self._launched: tuple[str, float] | None = None
         self.startup_seconds: float | None = None
 
     @property
@@ -117,6 +131,12 @@ class LocalBroker:
         detach=False ties the broker to this process (it gets SIGTERM if we die, so a
         killed test run leaks no JVM); detach=True lets it outlive the caller.
         """
+        self.launch(detach=detach)
+        return self.wait_ready()
+
+    def launch(self, *, detach: bool = False) -> None:
+        """Start the JVM without waiting for it: a node of a multi-node quorum only
+        answers once a majority of the voters runs, so a cluster launches all first."""
         if self._proc is not None:
             raise BrokerError("broker already started by this object")
         cfg = self.config
@@ -131,6 +151,8 @@ class LocalBroker:
         started = time.monotonic()
         lib = ensure_jars(cfg.cache_dir or default_cache_dir())
         java = _java_executable()
+        if cfg.quorum_voters is not None and cfg.controller_port is None:
+            raise BrokerError("quorum_voters needs a fixed controller_port")
         port, controller_port = _choose_ports(cfg.host, cfg.port, cfg.controller_port)
         bootstrap = f"{cfg.host}:{port}"
 
@@ -155,7 +177,7 @@ class LocalBroker:
         ]
         # Formatting again would fail ("already formatted"): a restart keeps its data.
         if not (data_dir / LOG_DIRS / "meta.properties").exists():
-            _format_storage(java, jvm_common, props)
+            _format_storage(java, jvm_common, props, cfg.cluster_id or random_cluster_id())
 
         log_path = data_dir / LOG_FILE
         # The log is appended across restarts of a persistent data dir; keep it bounded.
@@ -184,15 +206,47 @@ class LocalBroker:
             )
         state = BrokerState(self._proc.pid, bootstrap, data_dir, props)
         (data_dir / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
+        self._launched = (bootstrap, started)
 
+    def wait_ready(self, timeout: float | None = None) -> str:
+        """Block until the launched broker answers metadata requests; return its address.
+
+        A broker that does not get ready is stopped before the error is raised.
+        """
+        proc, launched = self._proc, self._launched
+        if proc is None or launched is None:
+            raise BrokerError("broker not launched")
+        bootstrap, started = launched
+        log_path = self.config.data_dir.resolve() / LOG_FILE
         try:
-            _wait_ready(self._proc, bootstrap, log_path, cfg.startup_timeout)
+            _wait_ready(proc, bootstrap, log_path, timeout or self.config.startup_timeout)
         except BaseException:
             self.stop()
             raise
         self._bootstrap = bootstrap
+        self._launched = None
         self.startup_seconds = time.monotonic() - started
         return bootstrap
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would: no controlled shutdown, no flush."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        self._forget(proc)
+
+    @property
+    def is_running(self) -> bool:
+        """Launched by this object and not exited (ready or not)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def request_stop(self) -> None:
+        """Send SIGTERM (a controlled shutdown) without waiting; `stop()` waits."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
         proc = self._proc
@@ -205,9 +259,13 @@ class LocalBroker:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self._forget(proc)
+
+    def _forget(self, proc: subprocess.Popen[bytes]) -> None:
         _remove_state(self.config.data_dir.resolve(), proc.pid)
         self._proc = None
         self._bootstrap = None
+        self._launched = None
 
     def __enter__(self) -> LocalBroker:
         self.start()
@@ -245,19 +303,31 @@ def running_state(data_dir: Path) -> BrokerState | None:
 
 def stop_broker(data_dir: Path, timeout: float = 30.0) -> BrokerState | None:
     """Stop the broker recorded in data_dir (from any process); return what was stopped."""
-    data_dir = data_dir.resolve()
-    state = running_state(data_dir)
-    if state is None:
-        return None
-    try:
-        os.kill(state.pid, signal.SIGTERM)
-        if not _wait_gone(state, timeout):
-            os.kill(state.pid, signal.SIGKILL)
+    stopped = stop_brokers([data_dir], timeout)
+    return stopped[0] if stopped else None
+
+
+def stop_brokers(data_dirs: list[Path], timeout: float = 30.0) -> list[BrokerState]:
+    """Stop the brokers recorded in data_dirs (from any process) and return them.
+
+    All get SIGTERM at once: nodes of one quorum stopped one after another would leave
+    the last ones waiting for a controller that is gone. SIGKILL after `timeout`.
+    """
+    states = [s for s in (running_state(d.resolve()) for d in data_dirs) if s is not None]
+    for state in states:
+        _signal(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for state in states:
+        if not _wait_gone(state, max(0.0, deadline - time.monotonic())):
+            _signal(state.pid, signal.SIGKILL)
             _wait_gone(state, 10.0)
-    except ProcessLookupError:
-        pass
-    _remove_state(data_dir, state.pid)
-    return state
+        _remove_state(state.data_dir, state.pid)
+    return states
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def log_tail(log_path: Path, max_lines: int = 40) -> str:
@@ -297,18 +367,27 @@ def _server_properties(cfg: BrokerConfig, log_dirs: Path, port: int, controller_
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # Failover in seconds: consumers may ask for sessions down to 1 s (default
+        # minimum 6 s), and a dead producer's open transaction is aborted within a
+        # second of its timeout (checked every 10 s by default), so that readers of
+        # its partitions are not held behind it.
+        "group.min.session.timeout.ms": "1000",
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         # Offset commits (also those inside transactions) wait up to this long to be
         # batched (default 10 ms), which would add to every invocation's latency.
         "group.coordinator.append.linger.ms": "0",
         # The cleaner preallocates this on the heap (default 128 MiB).
         "log.cleaner.dedupe.buffer.size": "8388608",
     }
+    if cfg.quorum_voters is not None:
+        props["controller.quorum.voters"] = cfg.quorum_voters
+    props.update(cfg.overrides)
     lines = ["# Generated by pipeline.localkafka.broker; rewritten on every start."]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
 
 
-def _format_storage(java: str, jvm_common: list[str], props: Path) -> None:
+def _format_storage(java: str, jvm_common: list[str], props: Path, cluster_id: str) -> None:
     cmd = [
         java,
         "-Xmx256m",
@@ -318,7 +397,7 @@ def _format_storage(java: str, jvm_common: list[str], props: Path) -> None:
         "kafka.tools.StorageTool",
         "format",
         "-t",
-        _random_cluster_id(),
+        cluster_id,
         "-c",
         str(props),
     ]
@@ -337,7 +416,7 @@ def _format_storage(java: str, jvm_common: list[str], props: Path) -> None:
         )
 
 
-def _random_cluster_id() -> str:
+def random_cluster_id() -> str:
     # Same shape as Kafka's Uuid.randomUuid().toString(): unpadded URL-safe base64.
     while True:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
@@ -357,11 +436,17 @@ def _java_executable() -> str:
 
 
 def _choose_ports(host: str, port: int | None, controller_port: int | None) -> tuple[int, int]:
-    # Holding all sockets until both are known keeps the two ports distinct.
+    chosen = choose_ports(host, [port, controller_port])
+    return chosen[0], chosen[1]
+
+
+def choose_ports(host: str, wanted_ports: list[int | None]) -> list[int]:
+    """Each wanted port if free (else BrokerError), or a free one for None; all distinct."""
+    # Holding all sockets until all are known keeps the ports distinct.
     held: list[socket.socket] = []
     try:
         chosen: list[int] = []
-        for wanted in (port, controller_port):
+        for wanted in wanted_ports:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             held.append(sock)
             # Connections of a broker that just stopped linger in TIME_WAIT for a
@@ -374,7 +459,7 @@ def _choose_ports(host: str, port: int | None, controller_port: int | None) -> t
                 # whatever else already listens there.
                 raise BrokerError(f"port {host}:{wanted} is not free: {exc}") from exc
             chosen.append(sock.getsockname()[1])
-        return chosen[0], chosen[1]
+        return chosen
     finally:
         for sock in held:
             sock.close()
@@ -424,7 +509,7 @@ def _wait_ready(
             time.sleep(0.1)
             continue
         if admin is None:
-            admin = AdminClient({"bootstrap.servers": bootstrap}, logger=_quiet_logger())
+            admin = AdminClient({"bootstrap.servers": bootstrap}, logger=quiet_logger())
         try:
             admin.list_topics(timeout=1)
             return
@@ -432,7 +517,7 @@ def _wait_ready(
             last_error = str(exc)
 
 
-def _quiet_logger() -> logging.Logger:
+def quiet_logger() -> logging.Logger:
     logger = logging.getLogger("pipeline.localkafka.readiness")
     logger.propagate = False
     if not logger.handlers:

@@ -1,4 +1,7 @@
-"""`pipeline kafka start|stop|status`: a background development broker.
+"""`pipeline kafka start|stop|status`: a background development broker or cluster.
+
+`start --brokers N` (N > 1) runs an N-node KRaft cluster in <data-dir>/node-<id>
+(cluster.py); `stop` and `status` handle whichever runs in the data dir.
 
 Each subcommand sets `func` (Namespace -> exit code) via set_defaults; the top-level
 CLI is expected to call `args.func(args)`.
@@ -30,7 +33,7 @@ def default_data_dir() -> Path:
 def add_kafka_commands(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
-    kafka = subparsers.add_parser("kafka", help="run a local single-node Kafka broker")
+    kafka = subparsers.add_parser("kafka", help="run a local Kafka broker or cluster")
     commands = kafka.add_subparsers(dest="kafka_command", required=True, metavar="COMMAND")
 
     def data_dir_option(parser: argparse.ArgumentParser) -> None:
@@ -43,12 +46,22 @@ def add_kafka_commands(
 
     start = commands.add_parser("start", help="start the broker in the background")
     start.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="client port (default: %(default)s)"
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="client port; node i of a cluster gets port + i - 1 (default: %(default)s)",
+    )
+    start.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="number of brokers; more than 1 runs a KRaft cluster of combined "
+        "broker + controller nodes, replication factor 3 (default: %(default)s)",
     )
     data_dir_option(start)
     start.set_defaults(func=_cmd_start)
 
-    stop = commands.add_parser("stop", help="stop the background broker")
+    stop = commands.add_parser("stop", help="stop the background broker or cluster")
     data_dir_option(stop)
     stop.set_defaults(func=_cmd_stop)
 
@@ -67,12 +80,26 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
     # Imported lazily so `pipeline --help` doesn't load confluent_kafka.
     from pipeline.localkafka.broker import BrokerConfig, BrokerError, LocalBroker, running_state
+    from pipeline.localkafka.cluster import running_cluster
 
     data_dir: Path = args.data_dir
     existing = running_state(data_dir)
     if existing is not None:
         print(f"already running at {existing.bootstrap_servers} (pid {existing.pid})")
         return 0
+    cluster = running_cluster(data_dir)
+    if cluster is not None:
+        layout, live = cluster
+        print(
+            f"a {len(layout.nodes)}-broker cluster already runs at {layout.bootstrap_servers} "
+            f"({len(live)} nodes up)"
+        )
+        return 0
+    if args.brokers < 1:
+        print("pipeline: --brokers must be at least 1", file=sys.stderr)
+        return 2
+    if args.brokers > 1:
+        return _start_cluster(data_dir, args.port, args.brokers)
     broker = LocalBroker(BrokerConfig(data_dir=data_dir, port=args.port))
     try:
         bootstrap = broker.start(detach=True)
@@ -87,24 +114,57 @@ def _cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_cluster(data_dir: Path, port: int, brokers: int) -> int:
+    from pipeline.localkafka.broker import BrokerError
+    from pipeline.localkafka.cluster import ClusterConfig, LocalCluster
+
+    cluster = LocalCluster(ClusterConfig(data_dir=data_dir, brokers=brokers, port=port))
+    try:
+        bootstrap = cluster.start(detach=True)
+    except (BrokerError, JarsError) as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
+        return 1
+    pids = ", ".join(str(cluster.broker(i).pid) for i in cluster.node_ids)
+    print(
+        f"Kafka cluster of {brokers} brokers running at {bootstrap} (pids {pids}, started "
+        f"in {cluster.startup_seconds:.1f}s, data in {data_dir.resolve()})"
+    )
+    print(f"export {BOOTSTRAP_ENV}={bootstrap}")
+    print("export PIPELINE_REPLICATION_FACTOR=3")
+    return 0
+
+
 def _cmd_stop(args: argparse.Namespace) -> int:
     from pipeline.localkafka.broker import stop_broker
+    from pipeline.localkafka.cluster import stop_cluster
 
     stopped = stop_broker(args.data_dir)
-    if stopped is None:
-        print("not running")
-    else:
+    nodes = stop_cluster(args.data_dir)
+    if stopped is not None:
         print(f"stopped broker at {stopped.bootstrap_servers} (pid {stopped.pid})")
+    for node in nodes:
+        print(f"stopped cluster node at {node.bootstrap_servers} (pid {node.pid})")
+    if stopped is None and not nodes:
+        print("not running")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipeline.localkafka.broker import running_state
+    from pipeline.localkafka.cluster import running_cluster
 
     external = os.environ.get(BOOTSTRAP_ENV)
     state = running_state(args.data_dir)
+    cluster = running_cluster(args.data_dir)
     if state is not None:
         print(f"running {state.bootstrap_servers} (pid {state.pid})")
+        code = 0
+    elif cluster is not None:
+        layout, live = cluster
+        up = ", ".join(f"{s.bootstrap_servers} (pid {s.pid})" for s in live)
+        print(
+            f"running cluster {layout.bootstrap_servers}: {len(live)}/{len(layout.nodes)} up: {up}"
+        )
         code = 0
     else:
         print("stopped")

@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pipeline.codec.records import WireCodec
 from pipeline.core.lease import AttemptLease
 from pipeline.core.model import (
+    AttemptAlive,
     AttemptCompleted,
     AttemptFailed,
     AttemptSuspended,
@@ -53,7 +54,8 @@ class KafkaJournalWriter:
     A step's entry counts for the handler only if Kafka acknowledged it while the
     attempt's lease was still held (see `pipeline.core.lease`): an entry acknowledged
     later may sit behind the scheduler's fence and be dropped, and its step would then
-    run again in the next attempt after the handler had seen its result.
+    run again in the next attempt after the handler had seen its result. Heartbeats
+    renew the lease between steps.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class KafkaJournalWriter:
         producer: AsyncProducer,
         codec: WireCodec,
         destination: JournalPartition,
+        order: DispatchOrder,
         lease: AttemptLease,
         committed: Awaitable[bool],
         clock: Callable[[], int] = wall_clock_ms,
@@ -69,7 +72,9 @@ class KafkaJournalWriter:
         self._producer = producer
         self._codec = codec
         self._destination = destination
+        self._alive = AttemptAlive(order.request.id, order.attempt)
         self.lease = lease
+        self.last_report_ms = 0
         self._clock = clock
 
     async def ready(self) -> None:
@@ -83,10 +88,32 @@ class KafkaJournalWriter:
             raise LeaseLost(
                 f"lease of attempt {record.attempt} ran out before step {record.entry.index}"
             )
-        await self.send(record)
+        await self._report(record, sent_at)
         if not self.lease.held_at(self._clock()):
             raise LeaseLost(f"step {record.entry.index} acknowledged after the lease ran out")
         self.lease = self.lease.renewed(sent_at)
+
+    async def heartbeat(self) -> bool:
+        """Renew the lease; False once it is lost (the attempt then stops at its next
+        step, and the scheduler retries it)."""
+        sent_at = self._clock()
+        if not self.lease.held_at(sent_at):
+            return False
+        try:
+            await self._report(self._alive, sent_at)
+        except RetryableError as exc:
+            # Not renewed: the lease runs out unless a later heartbeat gets through.
+            log.warning("heartbeat not journaled", extra={"error": str(exc)})
+            return self.lease.held_at(self._clock())
+        if not self.lease.held_at(self._clock()):
+            return False
+        self.lease = self.lease.renewed(sent_at)
+        return True
+
+    def _report(self, record: JournalRecord, sent_at: int) -> asyncio.Future[Message]:
+        self.lease = self.lease.reporting(sent_at)
+        self.last_report_ms = sent_at
+        return self.send(record)
 
     def send(self, record: JournalRecord) -> asyncio.Future[Message]:
         # Sent here, synchronously, so that records leave in the order they were
@@ -139,6 +166,7 @@ class Invoker:
         journal_topic: str,
         tracer: trace.Tracer,
         lease_timeout_ms: int,
+        heartbeat_timeout_ms: int,
         lease_margin_ms: int,
         limits: PayloadLimits | None = None,
     ) -> None:
@@ -149,7 +177,25 @@ class Invoker:
         self._journal_topic = journal_topic
         self._tracer = tracer
         self._lease_timeout_ms = lease_timeout_ms
+        self._heartbeat_timeout_ms = heartbeat_timeout_ms
         self._lease_margin_ms = lease_margin_ms
+        self._running: set[KafkaJournalWriter] = set()
+        self._heartbeats: set[asyncio.Future[bool]] = set()
+
+    async def keep_leases(self, interval_ms: int) -> None:
+        """Every `interval_ms`, a heartbeat for each running attempt that reported
+        nothing for that long. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            now = wall_clock_ms()
+            for writer in list(self._running):
+                if now - writer.last_report_ms >= interval_ms:
+                    self._heartbeat(writer)
+
+    def _heartbeat(self, writer: KafkaJournalWriter) -> None:
+        beat = asyncio.ensure_future(writer.heartbeat())
+        self._heartbeats.add(beat)
+        beat.add_done_callback(self._heartbeats.discard)
 
     def find(self, order: DispatchOrder) -> Handler | None:
         service = self._services.get(order.request.target.service)
@@ -172,7 +218,12 @@ class Invoker:
         destination = JournalPartition(
             self._journal_topic, partition, request.partition_key.encode()
         )
-        lease = AttemptLease(dispatched_at_ms, self._lease_timeout_ms, self._lease_margin_ms)
+        lease = AttemptLease.dispatched(
+            dispatched_at_ms,
+            lease_timeout_ms=self._lease_timeout_ms,
+            heartbeat_timeout_ms=self._heartbeat_timeout_ms,
+            margin_ms=self._lease_margin_ms,
+        )
         if not lease.held_at(wall_clock_ms()):
             # Waited in `dispatch` past its lease: the scheduler fences it and dispatches
             # the next attempt; running this one would only race that one.
@@ -181,7 +232,20 @@ class Invoker:
                 extra={"invocation_id": request.id, "attempt": order.attempt},
             )
             return
-        writer = KafkaJournalWriter(self._producer, self._codec, destination, lease, committed)
+        writer = KafkaJournalWriter(
+            self._producer, self._codec, destination, order, lease, committed
+        )
+        # Taken: tell the scheduler at once, so that from now on it fences the attempt
+        # within the heartbeat timeout if this worker dies.
+        self._heartbeat(writer)
+        self._running.add(writer)
+        try:
+            await self._invoke(order, writer)
+        finally:
+            self._running.discard(writer)
+
+    async def _invoke(self, order: DispatchOrder, writer: KafkaJournalWriter) -> None:
+        request = order.request
         with self._tracer.start_as_current_span(
             f"attempt {request.target}",
             context=extract_context(request.headers),

@@ -129,10 +129,12 @@ class Worker:
             journal_topic=self._topics.journal,
             tracer=self._tracer,
             lease_timeout_ms=self._settings.lease_timeout_ms,
+            heartbeat_timeout_ms=self._settings.heartbeat_timeout_ms,
             lease_margin_ms=self._settings.lease_margin_ms,
             limits=self._settings.payload_limits,
         )
         running: set[asyncio.Task[None]] = set()
+        heartbeats = asyncio.create_task(invoker.keep_leases(self._settings.heartbeat_interval_ms))
         try:
             await self.register_services()
             await consumer.open()
@@ -143,6 +145,7 @@ class Worker:
             await self._consume(stop, consumer, invoker, running)
         finally:
             await self._drain(running)
+            heartbeats.cancel()
             await loop.run_in_executor(None, producer.close, _FLUSH_TIMEOUT_S)
             self._producer = None
             await consumer.close()

@@ -1,14 +1,16 @@
-"""The service of the kill -9 test: three steps with side effects outside Kafka.
+"""The service of the kill -9 tests: three steps with side effects outside Kafka.
 
 Every execution of a step and every result a handler received is appended to the file
 named by $CRASH_LOG, so the test can prove that no step whose result a handler had
-seen was executed again.
+seen was executed again; every start of an attempt of `hold` too, with the worker's
+pid and the time, so a test can measure how soon a dead worker's attempts run again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 
 from pipeline import Context, Service
@@ -42,3 +44,10 @@ async def work(ctx: Context, request: int) -> int:
         # Work in flight at any moment, so that every kill lands in the middle of some.
         await asyncio.sleep(0.01)
     return request + total
+
+
+@service.handler()
+async def hold(ctx: Context, seconds: float) -> str:
+    _append(f"start {ctx.invocation_id} {os.getpid()} {time.time():.3f}")
+    await asyncio.sleep(seconds)
+    return "held"

@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
@@ -82,6 +83,9 @@ class Fleet:
     def signal(self, name: str, sig: signal.Signals) -> None:
         self.processes[name].send_signal(sig)
 
+    def pid(self, name: str) -> int:
+        return self.processes[name].pid
+
     def alive(self, name: str) -> bool:
         return self.processes[name].poll() is None
 
@@ -127,10 +131,15 @@ class PacedSender:
 
 
 def read_results(
-    settings: Settings, expected: set[str], timeout_s: float, quiet_s: float = 5.0
+    settings: Settings,
+    expected: set[str],
+    timeout_s: float,
+    quiet_s: float = 5.0,
+    on_result: Callable[[InvocationResult], object] | None = None,
 ) -> list[InvocationResult]:
     """Every result on the results topic, read until all `expected` arrived and then
-    `quiet_s` more (a duplicate would come after the last original), or `timeout_s`."""
+    `quiet_s` more (a duplicate would come after the last original), or `timeout_s`.
+    `on_result` sees each result as it is read."""
     codec = WireCodec()
     consumer = Consumer(
         {
@@ -153,6 +162,8 @@ def read_results(
                 result = codec.decode_result(message.value() or b"")
                 results.append(result)
                 seen.add(result.invocation_id)
+                if on_result is not None:
+                    on_result(result)
                 continue
             if expected <= seen:
                 quiet_until = quiet_until or time.monotonic() + quiet_s
@@ -193,7 +204,7 @@ class StepLog:
             kind, invocation_id, step, _token = line.split()
             if kind == "seen":
                 seen.add((invocation_id, step))
-            else:
+            elif kind == "exec":
                 executions += 1
                 if (invocation_id, step) in seen:
                     re_executed[(invocation_id, step)] += 1
@@ -215,3 +226,22 @@ def wait_for_new_steps(crash_log: Path, timeout_s: float) -> None:
         if crash_log.exists() and crash_log.stat().st_size > size:
             return
         time.sleep(0.02)
+
+
+def wait_for_members(settings: Settings, role: str, members: int, timeout_s: float = 30) -> None:
+    """Until the consumer group of `role` is stable with `members` members, each with
+    partitions assigned."""
+    group = settings.topic_names.group(role)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            description = admin.describe_consumer_groups([group])[group].result()
+        except KafkaException:  # e.g. the coordinator is still loading
+            time.sleep(0.2)
+            continue
+        assigned = [m for m in description.members if m.assignment.topic_partitions]
+        if description.state is ConsumerGroupState.STABLE and len(assigned) == members:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"group {group} did not settle with {members} members")

@@ -19,6 +19,7 @@ from pipeline.codec import MARKER, SchemaFiles, SchemaSet, WireCodec, default_sc
 from pipeline.core import ids
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import (
+    AttemptAlive,
     AttemptCompleted,
     AttemptFailed,
     AttemptFenced,
@@ -118,6 +119,8 @@ JOURNAL_RECORDS: st.SearchStrategy[JournalRecord] = st.one_of(
     st.builds(AttemptCompleted, st.text(max_size=10), INT, st.binary(max_size=20)),
     st.builds(AttemptFailed, st.text(max_size=10), INT, FAILURES, st.none() | LONG, st.booleans()),
     st.builds(AttemptFenced, st.text(max_size=10), INT, st.text(max_size=20)),
+    st.builds(AttemptSuspended, st.text(max_size=10), INT, INT),
+    st.builds(AttemptAlive, st.text(max_size=10), INT),
 )
 
 
@@ -400,6 +403,18 @@ def test_state_written_before_deployment_limits_and_calls_is_read(codec: WireCod
         False,
     )
     assert invocation.request.caller is None
+
+
+def test_journal_written_before_heartbeats_is_read(codec: WireCodec) -> None:
+    record = write_with(
+        "JournalRecord.v4.avsc",
+        {
+            "invocation_id": "a",
+            "attempt": 2,
+            "body": ("pipeline.v1.AttemptSuspended", {"awaiting_index": 3}),
+        },
+    )
+    assert codec.decode_journal(record) == AttemptSuspended("a", 2, 3)
 
 
 def test_journal_and_dispatch_written_before_calls_are_read(codec: WireCodec) -> None:

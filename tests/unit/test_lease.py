@@ -1,4 +1,5 @@
-"""The worker's lease view is never later than the scheduler's."""
+"""The worker's lease view never outlasts the scheduler's lease: a report the worker
+saw acknowledged while it held the lease is in the journal before any fence."""
 
 from __future__ import annotations
 
@@ -8,28 +9,64 @@ from hypothesis import strategies as st
 from pipeline.core.lease import AttemptLease
 
 
-def test_expiry_counts_timeout_minus_margin() -> None:
-    lease = AttemptLease(granted_at_ms=1_000, timeout_ms=5_000, margin_ms=500)
-    assert lease.held_at(5_499) and not lease.held_at(5_500)
-    assert lease.renewed(3_000).expires_at_ms == 7_500
-    assert lease.renewed(500).expires_at_ms == 5_500  # never moves backwards
+def test_dispatch_lease_then_heartbeat_renewals() -> None:
+    lease = AttemptLease.dispatched(
+        1_000, lease_timeout_ms=60_000, heartbeat_timeout_ms=3_000, margin_ms=500
+    )
+    assert lease.held_at(60_499) and not lease.held_at(60_500)
+    # The first report may shorten the lease: the scheduler renews it for 3 s only.
+    reporting = lease.reporting(2_000)
+    assert reporting.expires_at_ms == 4_500
+    assert reporting.renewed(2_000).expires_at_ms == 4_500
+    assert reporting.renewed(3_000).expires_at_ms == 5_500
+    assert reporting.renewed(3_000).renewed(1_000).expires_at_ms == 5_500  # never backwards
 
 
 @given(
     dispatched=st.integers(0, 10_000),
-    sends=st.lists(st.tuples(st.integers(0, 3_000), st.integers(0, 3_000)), max_size=20),
-    timeout=st.integers(100, 10_000),
+    lease_timeout=st.integers(100, 60_000),
     margin=st.integers(0, 1_000),
+    heartbeat_extra=st.integers(1, 5_000),
+    # gap before the send, delay until the ack, and where in between the scheduler
+    # reads it: a caught-up scheduler has read a record by the time its ack is back.
+    reports=st.lists(
+        st.tuples(st.integers(0, 4_000), st.integers(0, 3_000), st.floats(0, 1)), max_size=25
+    ),
 )
-def test_worker_never_holds_a_lease_the_scheduler_has_let_expire(
-    dispatched: int, sends: list[tuple[int, int]], timeout: int, margin: int
+def test_no_report_acknowledged_in_the_lease_lands_after_a_fence(
+    dispatched: int,
+    lease_timeout: int,
+    margin: int,
+    heartbeat_extra: int,
+    reports: list[tuple[int, int, float]],
 ) -> None:
-    worker = AttemptLease(dispatched, timeout, margin)
-    scheduler_deadline = dispatched + timeout
+    heartbeat_timeout = margin + heartbeat_extra
+    lease = AttemptLease.dispatched(
+        dispatched,
+        lease_timeout_ms=lease_timeout,
+        heartbeat_timeout_ms=heartbeat_timeout,
+        margin_ms=margin,
+    )
     now = dispatched
-    for gap, processing_delay in sends:
-        now += gap
-        worker = worker.renewed(now)
-        # The scheduler renews when it processes the entry, at or after it was sent.
-        scheduler_deadline = max(scheduler_deadline, now + processing_delay + timeout)
-        assert worker.expires_at_ms <= scheduler_deadline
+    read_at: list[float] = []
+    acknowledged_in_lease: list[int] = []
+    for gap, ack_delay, where in reports:
+        sent = now + gap
+        if not lease.held_at(sent):
+            break  # the worker sends no report once it no longer holds the lease
+        lease = lease.reporting(sent)
+        acked = sent + ack_delay
+        read_at.append(sent + where * ack_delay)
+        if lease.held_at(acked):
+            acknowledged_in_lease.append(acked)
+            lease = lease.renewed(sent)
+        now = acked
+
+    # The scheduler: the dispatch lease, then each report read renews from when it is read.
+    deadline: float = dispatched + lease_timeout
+    for read in read_at:
+        if read >= deadline:
+            break
+        deadline = read + heartbeat_timeout
+    fence_at = deadline
+    assert all(acked < fence_at for acked in acknowledged_in_lease)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.limits import LimitRule, RulePattern
 from pipeline.core.model import (
+    AttemptAlive,
     AttemptCompleted,
     AttemptFailed,
     AttemptFenced,
@@ -50,6 +51,7 @@ from pipeline.core.scheduler import (
 from pipeline.core.state import Invocation, VirtualQueue
 
 LEASE = 1_000
+HEARTBEAT = 300
 TARGET = Target("Greeter", "greet")
 HANDLER = HandlerDefinition(
     "greet", RetryPolicy(max_attempts=3, initial_interval_ms=100, max_interval_ms=1_000)
@@ -86,6 +88,7 @@ class Driver:
                 0.5,
                 rule=self.rule,
                 capped_deployment=self.capped,
+                heartbeat_timeout_ms=HEARTBEAT,
             ),
         )
         if decision.forget:
@@ -191,6 +194,30 @@ def test_lease_expiry_writes_a_fence_and_acts_only_when_it_is_read_back() -> Non
     assert [e.name for e in dispatch.order.journal] == ["s0", "s1"]
 
 
+def test_a_taken_attempt_lives_on_heartbeats_and_is_fenced_soon_after_they_stop() -> None:
+    d = Driver()
+    d.arrive("a")
+    assert d.invocations["a"].wake_at_ms == LEASE  # waiting to be taken
+    d.now = 100
+    d.journal(AttemptAlive("a", 1))  # taken: from now on, the heartbeat timeout
+    assert d.invocations["a"].wake_at_ms == 100 + HEARTBEAT
+    for _ in range(10):
+        d.now += HEARTBEAT - 1
+        assert d.timers() == []
+        d.journal(AttemptAlive("a", 1))
+    assert d.invocations["a"].status is InvocationStatus.RUNNING
+    d.now += HEARTBEAT
+    [fence] = d.timers()
+    assert isinstance(fence, AppendFence)
+    assert "no heartbeat for 300 ms" in fence.fence.reason
+    # A heartbeat after the fence was written renews nothing, and one of an old
+    # attempt is ignored.
+    d.journal(AttemptAlive("a", 1))
+    assert d.invocations["a"].wake_at_ms is None
+    d.journal(fence.fence)
+    assert isinstance(d.journal(AttemptAlive("a", 1))[0], Ignored)
+
+
 def test_retries_exhausted_fail_with_the_last_error() -> None:
     d = Driver()
     d.arrive("a")
@@ -257,6 +284,7 @@ actions = st.one_of(
     st.tuples(st.just("complete"), ids, st.integers(0, 4)),
     st.tuples(st.just("fail"), ids, st.integers(0, 4), st.booleans()),
     st.tuples(st.just("fence"), ids, st.integers(0, 4)),
+    st.tuples(st.just("alive"), ids, st.integers(0, 4)),
     st.tuples(st.just("tick"), st.integers(0, 3 * LEASE)),
 )
 
@@ -282,6 +310,8 @@ def test_invariants_hold_for_any_event_sequence(steps: list[tuple[object, ...]])
             )  # type: ignore[call-overload]
         elif kind == "fence":
             d.journal(AttemptFenced(str(step[1]), int(step[2]), "test"))  # type: ignore[call-overload]
+        elif kind == "alive":
+            d.journal(AttemptAlive(str(step[1]), int(step[2])))  # type: ignore[call-overload]
         else:
             d.now += int(step[1])  # type: ignore[call-overload]
             d.timers()

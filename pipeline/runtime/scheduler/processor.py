@@ -105,6 +105,10 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 
+# Well above a batch's transaction (milliseconds to a second), and well under the
+# 10 s in which another instance should serve a dead one's partitions.
+_TRANSACTION_TIMEOUT_MS = 3_000
+
 
 @dataclass(frozen=True, slots=True)
 class Committed:
@@ -174,7 +178,6 @@ class SchedulerProcessor:
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 10,
             "socket.nagle.disable": True,
-            "heartbeat.interval.ms": 1_000,
         }
 
     def _side_consumer_config(self) -> dict[str, object]:
@@ -190,8 +193,9 @@ class SchedulerProcessor:
             **self._base_config(),
             "transactional.id": f"{self._names.group('scheduler')}-{self._instance}",
             # Bounds how long readers stall behind the open transaction of a process
-            # that died and is never restarted under the same instance id.
-            "transaction.timeout.ms": 10_000,
+            # that died and is not restarted under the same instance id: the instance
+            # taking over its partitions reads them only once the broker aborted it.
+            "transaction.timeout.ms": _TRANSACTION_TIMEOUT_MS,
             # A transaction begun right after the last one's commit gets
             # CONCURRENT_TRANSACTIONS until the broker wrote the markers; the default
             # 100 ms backoff before retrying would stall every busy batch.
@@ -648,6 +652,7 @@ class SchedulerProcessor:
                 else None
             ),
             limits=self._limits,
+            heartbeat_timeout_ms=self._settings.heartbeat_timeout_ms,
         )
 
     def _apply(

@@ -3,6 +3,13 @@
 The local RocksDB is a cache of the changelog topic. A usable checkpoint means only the
 changelog records after it are read; otherwise the partition's rows are wiped and the
 whole changelog is folded in again.
+
+"The end" is every record written before the partition was assigned here, once its
+transaction is decided: a read_committed reader stops at the last stable offset, which
+lags behind a commit until the broker has written its markers, and stands still behind
+the open transaction of a process that died. Stopping there would lose the previous
+owner's last batches; so the restore reads until it has passed the high watermark it
+saw when it began.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ def restore(
         }
     )
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(changelog, partition), 30)
+        low, high = _written_offsets(consumer_config, changelog, partition)
         checkpoint = state.checkpoint()
         start = usable_start(checkpoint, changelog, high, now_ms)
         if start is None:
@@ -60,8 +67,8 @@ def restore(
         records, end = 0, start
         if start < high:
             consumer.assign([TopicPartition(changelog, partition, max(start, low))])
-            records = _fold(consumer, state, changelog, rules_version, now_ms)
-            end = max(consumer.position([TopicPartition(changelog, partition)])[0].offset, start)
+            records, end = _fold(consumer, state, changelog, high, rules_version, now_ms)
+            end = max(end, start)
         checkpoint = Checkpoint(changelog, end, _rules_version(state, rules_version), now_ms)
         state.commit(state.changelog_writes(), checkpoint)
     finally:
@@ -73,6 +80,18 @@ def restore(
         records,
     )
     return state
+
+
+def _written_offsets(
+    consumer_config: dict[str, object], changelog: str, partition: int
+) -> tuple[int, int]:
+    """Low and high watermark of everything written, decided or not."""
+    probe = Consumer({**consumer_config, "isolation.level": "read_uncommitted"})
+    try:
+        low, high = probe.get_watermark_offsets(TopicPartition(changelog, partition), 30)
+    finally:
+        probe.close()
+    return int(low), int(high)
 
 
 def usable_start(
@@ -107,32 +126,43 @@ def _rules_version(state: PartitionState, rules_version: int) -> int:
 
 
 def _fold(
-    consumer: Consumer, state: PartitionState, changelog: str, rules_version: int, now_ms: int
-) -> int:
+    consumer: Consumer,
+    state: PartitionState,
+    changelog: str,
+    past: int,
+    rules_version: int,
+    now_ms: int,
+) -> tuple[int, int]:
+    """Apply changelog records until the reader's end is at `past` or beyond; the
+    records read, and that end."""
     records = 0
     offset = -1
     waited = 0.0
     while True:
         message = consumer.poll(5.0)
         if message is None:
+            waited += 5.0
             # Never silent: an open transaction on the changelog (of a process that
             # died) holds a read_committed reader back until its timeout aborts it.
-            waited += 5.0
             log.warning(
                 "restoring %s[%d]: no record for %.0f s after %d records (offset %d); "
-                "waiting for the end of the committed changelog",
+                "waiting for the transactions before offset %d to be decided",
                 changelog,
                 state.partition,
                 waited,
                 records,
                 offset,
+                past,
             )
             continue
         waited = 0.0
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
-                return records
+                end = message.offset() or 0
+                if end >= past:
+                    return records, end
+                continue  # at the stable end, short of `past`: wait for the markers
             raise RuntimeError(f"restoring {changelog}[{state.partition}] failed: {error}")
         records += 1
         offset = message.offset() or 0
