@@ -515,7 +515,8 @@ class SchedulerProcessor:
             "committed offsets", lambda: consumer.committed(consumer.assignment(), timeout=30)
         )
         for tp in committed:
-            consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
+            position = TopicPartition(tp.topic, tp.partition, max(tp.offset, 0))
+            retrying("seek to the committed offset", functools.partial(consumer.seek, position))
 
     # -- rebalancing -----------------------------------------------------------------
 

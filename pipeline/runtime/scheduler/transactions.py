@@ -38,6 +38,33 @@ class StillFenced(Exception):
     """Another live process holds this process's transactional id."""
 
 
+# Errors librdkafka does not flag retriable that only say Kafka is not answering (yet).
+_UNAVAILABLE = frozenset(
+    {
+        KafkaError._TIMED_OUT,
+        KafkaError._TIMED_OUT_QUEUE,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._WAIT_COORD,
+        KafkaError._RESOLVE,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def is_unavailable(error: KafkaError) -> bool:
+    """Kafka is away or moving leaders: the same call may go through later."""
+    return not error.fatal() and (error.retriable() or error.code() in _UNAVAILABLE)
+
+
 def is_fenced(error: KafkaError) -> bool:
     """Another producer with this transactional id took over: this one must stop."""
     return error.code() in _FENCED
@@ -56,7 +83,7 @@ def retrying(what: str, call: Callable[[], _T]) -> _T:
             result = call()
         except KafkaException as exc:
             error = exc.args[0]
-            if not error.retriable() or error.fatal():
+            if not is_unavailable(error):
                 raise
             now = time.monotonic()
             first_failure = first_failure or now
