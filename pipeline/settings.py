@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         "accepts 1 s).",
     )
     scheduler_batch_max: int = Field(default=2000, ge=1)
+    standby_copies: bool = Field(
+        default=True,
+        description="Each scheduler keeps a warm copy of the partitions other instances "
+        "own, so that taking one over reads only the last moment of its changelog. Costs "
+        "every instance the RocksDB writes of the whole changelog; no cost with one.",
+    )
     instance_id: str | None = Field(
         default=None,
         description="Stable name of this process, unique per role. Set it (e.g. to a "

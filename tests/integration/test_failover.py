@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 
 from pipeline.client import Client
-from pipeline.core.model import InvocationRequest
+from pipeline.core.model import InvocationRequest, InvocationResult
 from pipeline.core.partitioning import partition_for
 from tests.support.fleet import (
     Fleet,
@@ -88,24 +88,30 @@ def test_a_killed_scheduler_instance_is_replaced_within_10_s(
         wait_for_members(settings, "scheduler", 2)
         sender = PacedSender(client, load, rate=200)
         sender.start()
-        time.sleep(4)
-        fleet.signal("one", signal.SIGUSR1)
-        time.sleep(0.5)
-        fleet.kill("one")
-        killed_at = time.time()
         # One probe per partition, sent right after the kill: the dead instance's
         # partitions answer once another instance serves them.
         probes = _one_per_partition(client, settings.runtime_partitions)
-        client.send_requests(list(probes.values()))
-        sender.join(60)
         expected = {r.id for r in load} | {r.id for r in probes.values()}
         answered: dict[str, float] = {}
-        results = read_results(
-            settings,
-            expected,
-            timeout_s=120,
-            on_result=lambda r: answered.setdefault(r.invocation_id, time.time()),
+        collected: list[InvocationResult] = []
+        reader = threading.Thread(
+            target=lambda: collected.extend(
+                read_results(
+                    settings,
+                    expected,
+                    timeout_s=120,
+                    on_result=lambda r: answered.setdefault(r.invocation_id, time.time()),
+                )
+            )
         )
+        reader.start()
+        time.sleep(4)
+        fleet.kill("one")
+        killed_at = time.time()
+        client.send_requests(list(probes.values()))
+        sender.join(60)
+        reader.join(150)
+        results = collected
         client.close()
         assert fleet.alive("two")
     finally:

@@ -33,6 +33,7 @@ import functools
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ from pipeline.runtime.scheduler.partition_state import ChangelogWrite, Checkpoin
 from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
 from pipeline.runtime.scheduler.restore import restore
 from pipeline.runtime.scheduler.service_registry import ServiceRegistry
+from pipeline.runtime.scheduler.standby import StandbyCopies
 from pipeline.runtime.scheduler.state_store import StateStore, default_state_root
 from pipeline.runtime.scheduler.transactions import Transactions, is_fenced, retrying
 from pipeline.settings import Settings
@@ -108,6 +110,9 @@ Clock = Callable[[], int]
 # Well above a batch's transaction (milliseconds to a second), and well under the
 # 10 s in which another instance should serve a dead one's partitions.
 _TRANSACTION_TIMEOUT_MS = 3_000
+# Standby records applied between two batches: bounds what following others costs the
+# latency of this instance's own work.
+_STANDBY_RECORDS_PER_LOOP = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,8 @@ class SchedulerProcessor:
         # the checkpoint stored with each batch.
         self._changelog_end: dict[int, int] = {}
         self._capacity = CapacityExchange(settings.runtime_partitions)
+        self._standby: StandbyCopies | None = None
+        self._assigned_at: float | None = None
 
     # -- configuration ---------------------------------------------------------------
 
@@ -237,6 +244,15 @@ class SchedulerProcessor:
             self._settings.kafka_bootstrap_servers, self._names.limits, self._codec
         )
         rules.catch_up(30)
+        if self._settings.standby_copies:
+            self._standby = StandbyCopies(
+                self._state_store,
+                self._side_consumer_config(),
+                self._names.scheduler_state,
+                self._settings.runtime_partitions,
+                self._codec,
+                self._clock,
+            )
         consumer = self._new_consumer()
         log.info("scheduler %s started", self._instance)
         try:
@@ -257,8 +273,13 @@ class SchedulerProcessor:
                 )
                 if batch or pending or (wake is not None and wake <= now):
                     self._process(consumer, batch, now)
+                if self._standby is not None:
+                    self._standby.poll(_STANDBY_RECORDS_PER_LOOP)
         finally:
             consumer.close()
+            if self._standby is not None:
+                self._standby.close()
+                self._standby = None
             registry.close()
             rules.close()
             transactions.close(10)
@@ -392,6 +413,13 @@ class SchedulerProcessor:
             self._discard()
             return Poisoned(f"{type(exc).__name__}: {exc}")
         self._offsets.clear()
+        if self._assigned_at is not None:
+            log.info(
+                "partitions %s served: first batch committed %.2f s after they were assigned",
+                sorted(self._states),
+                time.monotonic() - self._assigned_at,
+            )
+            self._assigned_at = None
         # Serve the delivery reports, so the checkpoints cover this batch.
         transactions.producer.poll(0)
         for partition, state in self._states.items():
@@ -521,7 +549,12 @@ class SchedulerProcessor:
     # -- rebalancing -----------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in sorted({tp.partition for tp in partitions}):
+        assigned = {tp.partition for tp in partitions}
+        self._assigned_at = time.monotonic()
+        if self._standby is not None:
+            # Their copies are committed first, so each restore reads only the tail.
+            self._standby.follow_all_but(assigned | set(self._states))
+        for p in sorted(assigned):
             if p not in self._states:
                 self._states[p] = self._restore(p)
                 # The caps may have changed while no one held this partition.
@@ -532,6 +565,8 @@ class SchedulerProcessor:
             self._states.pop(p, None)
             self._changelog_end.pop(p, None)
         self._offsets = {k: v for k, v in self._offsets.items() if k[1] in self._states}
+        if self._standby is not None:
+            self._standby.follow_all_but(set(self._states))
 
     def _restore(self, partition: int) -> PartitionState:
         assert self._state_store is not None
