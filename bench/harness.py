@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from pipeline.localkafka.broker import BrokerConfig, LocalBroker
 from pipeline.settings import Settings
@@ -53,7 +54,8 @@ def fresh_settings(bootstrap: str, name: str, partitions: int) -> Settings:
 
 
 def start_process(settings: Settings, instance: str, *command: str) -> subprocess.Popen[bytes]:
-    """`pipeline <command>` in its own process, configured like `settings`."""
+    """`pipeline <command>` in its own process, configured like `settings`. Its output
+    goes to `$BENCH_LOG_DIR/<instance>-<command>.log` when that is set."""
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
@@ -62,11 +64,16 @@ def start_process(settings: Settings, instance: str, *command: str) -> subproces
         "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
         "PIPELINE_INSTANCE_ID": instance,
     }
+    log_dir = os.environ.get("BENCH_LOG_DIR")
+    if log_dir is None:
+        output: int | IO[bytes] = subprocess.DEVNULL
+    else:
+        output = (Path(log_dir) / f"{instance}-{command[0]}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", *command],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
     )
 
 

@@ -13,8 +13,17 @@ _DAY_MS = 24 * 3600 * 1000
 
 COMPACTED: dict[str, str] = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
 MAX_MESSAGE_BYTES = "max.message.bytes"
+MIN_INSYNC_REPLICAS = "min.insync.replicas"
 # The dead-letter topic takes a copy of any record of the others plus its reason.
 DEAD_LETTER_HEADROOM = 64 * 1024
+
+
+def min_insync_replicas(replication_factor: int) -> int:
+    """min(2, rf): with acks=all, an acknowledged record is on at least 2 brokers
+    whenever the topic has 2 copies. RF 3 keeps producing with one broker down; RF 2
+    stops producing while either is down (durability over availability); RF 1 gets 1,
+    set explicitly so a cluster default of 2 cannot make the topic unwritable."""
+    return min(2, replication_factor)
 
 
 def _retained(days: int) -> dict[str, str]:
@@ -96,7 +105,8 @@ class TopicCatalogue:
     def specs(self) -> tuple[TopicSpec, ...]:
         n, rf = self.names, self.replication_factor
         runtime = self.runtime_partitions
-        sized = {MAX_MESSAGE_BYTES: str(self.max_record_bytes)}
+        isr = {MIN_INSYNC_REPLICAS: str(min_insync_replicas(rf))}
+        sized = {MAX_MESSAGE_BYTES: str(self.max_record_bytes), **isr}
         compacted = {**COMPACTED, **sized}
         return (
             TopicSpec(n.invocations, runtime, rf, {**_retained(7), **sized}),
@@ -113,6 +123,10 @@ class TopicCatalogue:
                 n.dead_letter,
                 1,
                 rf,
-                {**_retained(30), MAX_MESSAGE_BYTES: str(self.dead_letter_record_bytes)},
+                {
+                    **_retained(30),
+                    MAX_MESSAGE_BYTES: str(self.dead_letter_record_bytes),
+                    **isr,
+                },
             ),
         )

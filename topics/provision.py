@@ -16,7 +16,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     OffsetSpec,
 )
 
-from topics.catalogue import MAX_MESSAGE_BYTES, TopicCatalogue, TopicSpec
+from topics.catalogue import MAX_MESSAGE_BYTES, MIN_INSYNC_REPLICAS, TopicCatalogue, TopicSpec
 
 # Configs whose mismatch changes semantics (compaction vs deletion); others are tuning.
 _CHECKED_CONFIGS = ("cleanup.policy",)
@@ -82,32 +82,45 @@ def _wait_until_readable(admin: AdminClient, names: list[str], timeout_s: float)
             time.sleep(0.05)
 
 
-def _raise_record_limit(
-    admin: AdminClient, topic: str, want: str, timeout_s: float
-) -> str | None:
-    """Raise a topic's record limit to what the runtime needs (a topic made by an older
-    version, or by hand); smaller, a record the runtime derives could be refused."""
+def _raise_config(
+    admin: AdminClient, topic: str, name: str, want: str, timeout_s: float
+) -> KafkaException | None:
+    """Raise a topic's numeric config to what the catalogue says (a topic made by an
+    older version, or by hand): a smaller record limit could refuse a record the
+    runtime derives, a smaller min.insync.replicas acknowledges records held by one
+    broker only. Returns the failure, if any."""
     resource = ConfigResource(
         ConfigResource.Type.TOPIC,
         topic,
-        incremental_configs=[
-            ConfigEntry(
-                MAX_MESSAGE_BYTES,
-                want,
-                incremental_operation=AlterConfigOpType.SET,
-            )
-        ],
+        incremental_configs=[ConfigEntry(name, want, incremental_operation=AlterConfigOpType.SET)],
     )
     try:
         for future in admin.incremental_alter_configs([resource]).values():
             future.result(timeout_s)
     except KafkaException as exc:
-        return (
-            f"topic {topic!r} takes records smaller than the {want} bytes the runtime needs "
-            f"({MAX_MESSAGE_BYTES}), and raising it failed: {exc.args[0]}; raise it by hand "
-            "or lower PIPELINE_MAX_RECORD_BYTES"
-        )
+        return exc
     return None
+
+
+def _raise_record_limit(admin: AdminClient, topic: str, want: str, timeout_s: float) -> str | None:
+    failure = _raise_config(admin, topic, MAX_MESSAGE_BYTES, want, timeout_s)
+    if failure is None:
+        return None
+    return (
+        f"topic {topic!r} takes records smaller than the {want} bytes the runtime needs "
+        f"({MAX_MESSAGE_BYTES}), and raising it failed: {failure.args[0]}; raise it by hand "
+        "or lower PIPELINE_MAX_RECORD_BYTES"
+    )
+
+
+def _raise_min_insync(admin: AdminClient, topic: str, want: str, timeout_s: float) -> str | None:
+    failure = _raise_config(admin, topic, MIN_INSYNC_REPLICAS, want, timeout_s)
+    if failure is None:
+        return None
+    return (
+        f"topic {topic!r} has a lower {MIN_INSYNC_REPLICAS} than the catalogue's {want}, "
+        f"and raising it failed: {failure.args[0]}; raise it by hand"
+    )
 
 
 def _check_existing(
@@ -115,11 +128,18 @@ def _check_existing(
 ) -> None:
     problems: list[str] = []
     for spec in specs:
-        partitions = len(existing[spec.name].partitions)
-        if partitions != spec.partitions:
+        partitions = existing[spec.name].partitions
+        if len(partitions) != spec.partitions:
             problems.append(
-                f"topic {spec.name!r} has {partitions} partitions, the catalogue says "
+                f"topic {spec.name!r} has {len(partitions)} partitions, the catalogue says "
                 f"{spec.partitions}: delete it or set the partition count to match"
+            )
+        replicas = min((len(p.replicas) for p in partitions.values()), default=0)
+        if replicas < spec.replication_factor:
+            problems.append(
+                f"topic {spec.name!r} has {replicas} replicas, the catalogue says "
+                f"{spec.replication_factor}: reassign its partitions (kafka-reassign-"
+                "partitions) or delete it, or lower PIPELINE_REPLICATION_FACTOR"
             )
     if specs:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs]
@@ -137,6 +157,14 @@ def _check_existing(
             have_size = configs[MAX_MESSAGE_BYTES].value if MAX_MESSAGE_BYTES in configs else None
             if want_size is not None and have_size is not None and int(have_size) < int(want_size):
                 problem = _raise_record_limit(admin, spec.name, want_size, timeout_s)
+                if problem is not None:
+                    problems.append(problem)
+            want_isr = spec.configs.get(MIN_INSYNC_REPLICAS)
+            have_isr = (
+                configs[MIN_INSYNC_REPLICAS].value if MIN_INSYNC_REPLICAS in configs else None
+            )
+            if want_isr is not None and have_isr is not None and int(have_isr) < int(want_isr):
+                problem = _raise_min_insync(admin, spec.name, want_isr, timeout_s)
                 if problem is not None:
                     problems.append(problem)
     if problems:

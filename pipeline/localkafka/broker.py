@@ -104,6 +104,15 @@ class BrokerState:
         )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    java: str
+    jvm_common: tuple[str, ...]
+    props: Path
+    bootstrap: str
+    started: float
+
+
 class LocalBroker:
     """One broker JVM. `start()` blocks until the broker answers metadata requests."""
 
@@ -111,6 +120,8 @@ class LocalBroker:
         self.config = config
         self._proc: subprocess.Popen[bytes] | None = None
         self._bootstrap: str | None = None
+        # Between prepare() and launch().
+        self._prepared: _Prepared | None = None
         # Between launch() and wait_ready(): the address and when the launch began.
         self._launched: tuple[str, float] | None = None
         self.startup_seconds: float | None = None
@@ -137,6 +148,45 @@ class LocalBroker:
     def launch(self, *, detach: bool = False) -> None:
         """Start the JVM without waiting for it: a node of a multi-node quorum only
         answers once a majority of the voters runs, so a cluster launches all first."""
+        if self._prepared is None:
+            self.prepare()
+        prepared, self._prepared = self._prepared, None
+        assert prepared is not None
+        cfg, data_dir = self.config, prepared.props.parent
+        log_path = data_dir / LOG_FILE
+        # The log is appended across restarts of a persistent data dir; keep it bounded.
+        if log_path.exists() and log_path.stat().st_size > _MAX_LOG_BYTES:
+            log_path.replace(log_path.with_name(LOG_FILE + ".1"))
+        cmd = [
+            prepared.java,
+            f"-Xmx{cfg.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            *prepared.jvm_common,
+            _MAIN_CLASS,
+            str(prepared.props),
+        ]
+        with log_path.open("ab") as log:
+            log.write(f"\n=== pipeline: starting broker at {prepared.bootstrap} ===\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=data_dir,
+                start_new_session=detach,
+                preexec_fn=None if detach else _die_with_parent_hook(),
+            )
+        state = BrokerState(self._proc.pid, prepared.bootstrap, data_dir, prepared.props)
+        (data_dir / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
+        self._launched = (prepared.bootstrap, prepared.started)
+
+    def prepare(self) -> None:
+        """What `launch` does before starting the JVM: choose ports, write the config,
+        format a new data dir. Safe to run on another thread (a cluster formats its
+        nodes at once); `launch` must run on a thread that outlives the broker, which
+        gets SIGTERM when that thread ends unless detached."""
         if self._proc is not None:
             raise BrokerError("broker already started by this object")
         cfg = self.config
@@ -178,35 +228,7 @@ class LocalBroker:
         # Formatting again would fail ("already formatted"): a restart keeps its data.
         if not (data_dir / LOG_DIRS / "meta.properties").exists():
             _format_storage(java, jvm_common, props, cfg.cluster_id or random_cluster_id())
-
-        log_path = data_dir / LOG_FILE
-        # The log is appended across restarts of a persistent data dir; keep it bounded.
-        if log_path.exists() and log_path.stat().st_size > _MAX_LOG_BYTES:
-            log_path.replace(log_path.with_name(LOG_FILE + ".1"))
-        cmd = [
-            java,
-            f"-Xmx{cfg.heap}",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            *jvm_common,
-            _MAIN_CLASS,
-            str(props),
-        ]
-        with log_path.open("ab") as log:
-            log.write(f"\n=== pipeline: starting broker at {bootstrap} ===\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=data_dir,
-                start_new_session=detach,
-                preexec_fn=None if detach else _die_with_parent_hook(),
-            )
-        state = BrokerState(self._proc.pid, bootstrap, data_dir, props)
-        (data_dir / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
-        self._launched = (bootstrap, started)
+        self._prepared = _Prepared(java, tuple(jvm_common), props, bootstrap, started)
 
     def wait_ready(self, timeout: float | None = None) -> str:
         """Block until the launched broker answers metadata requests; return its address.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -64,8 +65,8 @@ def cluster_properties(nodes: int) -> tuple[tuple[str, str], ...]:
         ("transaction.abort.timed.out.transaction.cleanup.interval.ms", "1000"),
         # A killed broker is fenced, and so leaves every ISR, after this long without a
         # heartbeat (defaults 9 s and 2 s); acks=all produce waits for it meanwhile.
-        ("broker.session.timeout.ms", "6000"),
-        ("broker.heartbeat.interval.ms", "1000"),
+        ("broker.session.timeout.ms", "3000"),
+        ("broker.heartbeat.interval.ms", "500"),
         # A live but stuck follower leaves the ISR after this long (default 30 s).
         ("replica.lag.time.max.ms", "10000"),
     )
@@ -201,6 +202,11 @@ class LocalCluster:
         self._brokers = {n.node_id: LocalBroker(self._node_config(root, n)) for n in layout.nodes}
         deadline = started + self.config.startup_timeout
         try:
+            # Formatting is a JVM run per node: at once. Launched on this thread, since
+            # a broker not detached dies with the thread that started it.
+            with ThreadPoolExecutor(len(self._brokers)) as pool:
+                for future in [pool.submit(b.prepare) for b in self._brokers.values()]:
+                    future.result()
             # A voter answers only once a majority of the quorum runs: launch all first.
             for broker in self._brokers.values():
                 broker.launch(detach=detach)

@@ -185,12 +185,19 @@ def test_cluster_provisions_replicated_topics(kafka_cluster: LocalCluster) -> No
 
     # A graceful stop: the broker leaves at once (controlled shutdown), and comes back.
     with _healed(kafka_cluster):
+        began = time.monotonic()
         kafka_cluster.stop_broker(3)
+        stopped = time.monotonic()
         assert not kafka_cluster.is_running(3)
         kafka_cluster.wait_brokers(2, timeout=10)
         kafka_cluster.start_broker(3)
+        started = time.monotonic()
         kafka_cluster.wait_brokers(3, timeout=30)
         kafka_cluster.wait_in_sync(created, timeout=30)
+        print(
+            f"graceful stop {stopped - began:.1f}s, restart {started - stopped:.1f}s, "
+            f"in sync {time.monotonic() - started:.1f}s later"
+        )
 
 
 def test_clients_ride_out_a_killed_broker(kafka_cluster: LocalCluster) -> None:

@@ -110,9 +110,10 @@ Clock = Callable[[], int]
 # Well above a batch's transaction (milliseconds to a second), and well under the
 # 10 s in which another instance should serve a dead one's partitions.
 _TRANSACTION_TIMEOUT_MS = 3_000
-# Standby records applied between two batches: bounds what following others costs the
-# latency of this instance's own work.
-_STANDBY_RECORDS_PER_LOOP = 1_000
+# Standby records applied between two batches: few while this instance has work of its
+# own (what following others costs its latency), many while it is idle.
+_STANDBY_RECORDS_BUSY = 1_000
+_STANDBY_RECORDS_IDLE = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +275,7 @@ class SchedulerProcessor:
                 if batch or pending or (wake is not None and wake <= now):
                     self._process(consumer, batch, now)
                 if self._standby is not None:
-                    self._standby.poll(_STANDBY_RECORDS_PER_LOOP)
+                    self._standby.poll(_STANDBY_RECORDS_BUSY if batch else _STANDBY_RECORDS_IDLE)
         finally:
             consumer.close()
             if self._standby is not None:
