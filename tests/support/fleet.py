@@ -26,6 +26,8 @@ from pipeline.client import Client
 from pipeline.codec.records import WireCodec
 from pipeline.core.model import InvocationRequest, InvocationResult, ResultStatus
 from pipeline.settings import Settings
+from tests.support import crash_service
+from tests.support.runtime import register
 
 _COMMANDS = {
     "scheduler": ["scheduler"],
@@ -54,6 +56,9 @@ class Fleet:
             **(env or {}),
         }
         self._log_dir = log_dir
+        # Registered before any process starts: a scheduler that reads a request before
+        # it has seen the worker's announcement fails it with HandlerNotFound.
+        register(settings, [crash_service.service])
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._roles: dict[str, str] = {}
 
