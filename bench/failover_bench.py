@@ -191,7 +191,7 @@ def _scope_per_partition(partitions: int) -> list[str]:
 
 
 def worker_retry(args: argparse.Namespace) -> dict[str, object]:
-    from tests.support.fleet import Fleet, read_results, wait_for_members
+    from tests.support.fleet import Fleet, attempt_starts, read_results, wait_for_members
 
     with broker() as bootstrap, tempfile.TemporaryDirectory() as logs:
         settings = Settings(
@@ -213,7 +213,9 @@ def worker_retry(args: argparse.Namespace) -> dict[str, object]:
                 client.send_requests(requests)
                 expected = {r.id for r in requests}
                 deadline = time.monotonic() + 60
-                while len(_starts(crash_log)) < len(expected) and time.monotonic() < deadline:
+                while (
+                    len(attempt_starts(crash_log)) < len(expected) and time.monotonic() < deadline
+                ):
                     time.sleep(0.1)
                 victim = fleet.pid("victim")
                 fleet.kill("victim")
@@ -221,7 +223,7 @@ def worker_retry(args: argparse.Namespace) -> dict[str, object]:
                 read_results(settings, expected, timeout_s=120, quiet_s=1)
         finally:
             fleet.stop_all()
-        starts = _starts(crash_log)
+        starts = attempt_starts(crash_log)
         delays = sorted(
             min(t for pid, t in runs if pid != victim and t > killed) - killed
             for runs in starts.values()
@@ -233,17 +235,6 @@ def worker_retry(args: argparse.Namespace) -> dict[str, object]:
         "retry_p99_s": round(delays[min(len(delays) - 1, int(len(delays) * 0.99))], 2),
         "retry_max_s": round(delays[-1], 2),
     }
-
-
-def _starts(crash_log: Path) -> dict[str, list[tuple[int, float]]]:
-    starts: dict[str, list[tuple[int, float]]] = {}
-    if not crash_log.exists():
-        return starts
-    for line in crash_log.read_text().splitlines():
-        kind, invocation_id, pid, at = line.split()
-        if kind == "start":
-            starts.setdefault(invocation_id, []).append((int(pid), float(at)))
-    return starts
 
 
 def main() -> None:

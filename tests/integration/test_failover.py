@@ -16,6 +16,7 @@ from tests.support.fleet import (
     Fleet,
     PacedSender,
     assert_once_each,
+    attempt_starts,
     read_results,
     wait_for_members,
 )
@@ -53,7 +54,7 @@ def test_attempts_of_a_killed_worker_run_again_within_5_s(
         fleet.stop_all()
 
     assert_once_each(results, expected)
-    starts = _starts(crash_log)
+    starts = attempt_starts(crash_log)
     on_victim = {i for i, runs in starts.items() if any(pid == victim for pid, _ in runs)}
     delays = []
     for invocation_id in on_victim:
@@ -131,19 +132,10 @@ def _one_per_partition(client: Client, partitions: int) -> dict[int, InvocationR
     return probes
 
 
-def _starts(crash_log: Path) -> dict[str, list[tuple[int, float]]]:
-    starts: dict[str, list[tuple[int, float]]] = {}
-    for line in crash_log.read_text().splitlines():
-        kind, invocation_id, pid, at = line.split()
-        if kind == "start":
-            starts.setdefault(invocation_id, []).append((int(pid), float(at)))
-    return starts
-
-
 def _wait_for_starts(crash_log: Path, expected: set[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if crash_log.exists() and expected <= set(_starts(crash_log)):
+        if crash_log.exists() and expected <= set(attempt_starts(crash_log)):
             return
         time.sleep(0.1)
     raise AssertionError("not every invocation started in time")

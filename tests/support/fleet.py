@@ -250,3 +250,15 @@ def wait_for_members(settings: Settings, role: str, members: int, timeout_s: flo
             return
         time.sleep(0.2)
     raise AssertionError(f"group {group} did not settle with {members} members")
+
+
+def attempt_starts(crash_log: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per invocation, the (pid, time) of each start of a `crash_service.hold` attempt."""
+    starts: dict[str, list[tuple[int, float]]] = {}
+    if not crash_log.exists():
+        return starts
+    for line in crash_log.read_text().splitlines():
+        kind, invocation_id, pid, at = line.split()
+        if kind == "start":
+            starts.setdefault(invocation_id, []).append((int(pid), float(at)))
+    return starts

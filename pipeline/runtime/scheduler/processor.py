@@ -35,7 +35,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -167,6 +167,8 @@ class SchedulerProcessor:
         self._capacity = CapacityExchange(settings.runtime_partitions)
         self._standby: StandbyCopies | None = None
         self._assigned_at: float | None = None
+        # Per partition, the next journal offset to read (see `_caught_up`).
+        self._journal_read: dict[int, int] = {}
 
     # -- configuration ---------------------------------------------------------------
 
@@ -344,9 +346,16 @@ class SchedulerProcessor:
 
     def _process(self, consumer: Consumer, batch: list[Message], now: int) -> None:
         records = self._readable(batch)
-        # Timers wait while the local queue holds more input: a lease must not be
-        # fenced for want of progress reports that are already fetched but unread.
-        timers = len(batch) < self._settings.scheduler_batch_max
+        # A lease must not be fenced for want of reports that are in the journal but
+        # not read yet: a worker counts its lease from when its report was
+        # acknowledged, so it could get a later step acknowledged behind the fence.
+        # Timers of a partition wait until its journal has been read to the end the
+        # last fetch saw (and all wait while the local queue holds more input).
+        timers = (
+            self._caught_up(consumer, records)
+            if len(batch) < self._settings.scheduler_batch_max
+            else set()
+        )
 
         def whole_batch() -> None:
             for record in records:
@@ -372,9 +381,33 @@ class SchedulerProcessor:
             records.append(read_record(message))
         return records
 
-    def _after_records(self, now: int, timers: bool) -> None:
-        if timers:
-            for state in list(self._states.values()):
+    def _caught_up(self, consumer: Consumer, records: list[ConsumedRecord]) -> set[int]:
+        """Partitions whose journal is read, with `records`, to its known end."""
+        journal = self._names.journal
+        for record in records:
+            if record.topic == journal:
+                self._journal_read[record.partition] = record.offset + 1
+        unknown = [TopicPartition(journal, p) for p in self._states if p not in self._journal_read]
+        if unknown:
+            # Nothing read since the assignment: start from the committed offsets (none
+            # yet: from the start, where an empty journal is read to its end).
+            with contextlib.suppress(KafkaException):
+                for tp in consumer.committed(unknown, timeout=5):
+                    self._journal_read[tp.partition] = max(tp.offset, 0)
+        caught_up: set[int] = set()
+        for partition in self._states:
+            read = self._journal_read.get(partition)
+            _, end = consumer.get_watermark_offsets(
+                TopicPartition(journal, partition), cached=True
+            )
+            if read is not None and 0 <= end <= read:
+                caught_up.add(partition)
+        return caught_up
+
+    def _after_records(self, now: int, timers: Collection[int]) -> None:
+        for partition in timers:
+            state = self._states.get(partition)
+            if state is not None:
                 for invocation_id in state.pop_due(now):
                     self._apply(state, invocation_id, TimerDue(invocation_id), now)
         for state in list(self._states.values()):
@@ -438,7 +471,7 @@ class SchedulerProcessor:
         consumer: Consumer,
         records: list[ConsumedRecord],
         now: int,
-        timers: bool,
+        timers: set[int],
     ) -> None:
         """Each record in a transaction of its own; one that fails alone is quarantined."""
         for record in records:
@@ -540,6 +573,7 @@ class SchedulerProcessor:
     def _rewind(self, consumer: Consumer) -> None:
         """After an abort, state and positions go back to the last committed batch."""
         self._discard()
+        self._journal_read.clear()
         committed = retrying(
             "committed offsets", lambda: consumer.committed(consumer.assignment(), timeout=30)
         )
@@ -565,6 +599,7 @@ class SchedulerProcessor:
         for p in {tp.partition for tp in partitions}:
             self._states.pop(p, None)
             self._changelog_end.pop(p, None)
+            self._journal_read.pop(p, None)
         self._offsets = {k: v for k, v in self._offsets.items() if k[1] in self._states}
         if self._standby is not None:
             self._standby.follow_all_but(set(self._states))
