@@ -352,7 +352,7 @@ class SchedulerProcessor:
         # Timers of a partition wait until its journal has been read to the end the
         # last fetch saw (and all wait while the local queue holds more input).
         timers = (
-            self._caught_up(consumer, records)
+            self._caught_up(consumer)
             if len(batch) < self._settings.scheduler_batch_max
             else set()
         )
@@ -381,12 +381,15 @@ class SchedulerProcessor:
             records.append(read_record(message))
         return records
 
-    def _caught_up(self, consumer: Consumer, records: list[ConsumedRecord]) -> set[int]:
-        """Partitions whose journal is read, with `records`, to its known end."""
+    def _caught_up(self, consumer: Consumer) -> set[int]:
+        """Partitions whose journal is read, with this batch, to its known end."""
         journal = self._names.journal
-        for record in records:
-            if record.topic == journal:
-                self._journal_read[record.partition] = record.offset + 1
+        # The position moves past transaction markers too, which a record's offset
+        # does not tell; it is unknown until something was read since the assignment.
+        positions = consumer.position([TopicPartition(journal, p) for p in self._states])
+        for tp in positions:
+            if tp.offset >= 0:
+                self._journal_read[tp.partition] = tp.offset
         unknown = [TopicPartition(journal, p) for p in self._states if p not in self._journal_read]
         if unknown:
             # Nothing read since the assignment: start from the committed offsets (none
