@@ -73,11 +73,18 @@ class KafkaJournalWriter:
         self._codec = codec
         self._destination = destination
         self._alive = AttemptAlive(order.request.id, order.attempt)
+        # The heartbeat that says the attempt was taken (set by the invoker).
+        self.taken: Awaitable[bool] | None = None
         self.lease = lease
         self.last_report_ms = 0
         self._clock = clock
 
     async def ready(self) -> None:
+        # The first step also waits until the heartbeat saying the attempt was taken is
+        # in the journal: from then on a crash of this worker is noticed within the
+        # heartbeat timeout, not the dispatch's lease. Both waits run in parallel.
+        if self.taken is not None:
+            await self.taken
         if not await self._committed:
             # The dispatch may be delivered again; a step run now could then run twice.
             raise LeaseLost("the dispatch offset could not be committed")
@@ -192,10 +199,11 @@ class Invoker:
                 if now - writer.last_report_ms >= interval_ms:
                     self._heartbeat(writer)
 
-    def _heartbeat(self, writer: KafkaJournalWriter) -> None:
+    def _heartbeat(self, writer: KafkaJournalWriter) -> asyncio.Future[bool]:
         beat = asyncio.ensure_future(writer.heartbeat())
         self._heartbeats.add(beat)
         beat.add_done_callback(self._heartbeats.discard)
+        return beat
 
     def find(self, order: DispatchOrder) -> Handler | None:
         service = self._services.get(order.request.target.service)
@@ -237,7 +245,7 @@ class Invoker:
         )
         # Taken: tell the scheduler at once, so that from now on it fences the attempt
         # within the heartbeat timeout if this worker dies.
-        self._heartbeat(writer)
+        writer.taken = asyncio.shield(self._heartbeat(writer))
         self._running.add(writer)
         try:
             await self._invoke(order, writer)

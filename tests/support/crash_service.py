@@ -48,6 +48,8 @@ async def work(ctx: Context, request: int) -> int:
 
 @service.handler()
 async def hold(ctx: Context, seconds: float) -> str:
+    # A step first: once it returns, the scheduler knows this worker took the attempt.
+    await ctx.run("begin", lambda: None)
     _append(f"start {ctx.invocation_id} {os.getpid()} {time.time():.3f}")
     await asyncio.sleep(seconds)
     return "held"

@@ -352,7 +352,7 @@ class SchedulerProcessor:
         # Timers of a partition wait until its journal has been read to the end the
         # last fetch saw (and all wait while the local queue holds more input).
         timers = (
-            self._caught_up(consumer)
+            self._caught_up(consumer, now)
             if len(batch) < self._settings.scheduler_batch_max
             else set()
         )
@@ -381,7 +381,7 @@ class SchedulerProcessor:
             records.append(read_record(message))
         return records
 
-    def _caught_up(self, consumer: Consumer) -> set[int]:
+    def _caught_up(self, consumer: Consumer, now: int) -> set[int]:
         """Partitions whose journal is read, with this batch, to its known end."""
         journal = self._names.journal
         # The position moves past transaction markers too, which a record's offset
@@ -390,12 +390,18 @@ class SchedulerProcessor:
         for tp in positions:
             if tp.offset >= 0:
                 self._journal_read[tp.partition] = tp.offset
-        unknown = [TopicPartition(journal, p) for p in self._states if p not in self._journal_read]
+        unknown = [
+            TopicPartition(journal, p)
+            for p, state in self._states.items()
+            if p not in self._journal_read and (state.next_wake_ms() or now + 1) <= now
+        ]
         if unknown:
-            # Nothing read since the assignment: start from the committed offsets (none
-            # yet: from the start, where an empty journal is read to its end).
+            # Nothing read since the assignment, and a timer is due: start from the
+            # committed offsets (none yet: from the start, where an empty journal is
+            # read to its end). Briefly, so that offsets still pending in a dead
+            # instance's transaction do not hold up the loop; asked again next time.
             with contextlib.suppress(KafkaException):
-                for tp in consumer.committed(unknown, timeout=5):
+                for tp in consumer.committed(unknown, timeout=0.1):
                     self._journal_read[tp.partition] = max(tp.offset, 0)
         caught_up: set[int] = set()
         for partition in self._states:
