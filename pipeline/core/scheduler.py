@@ -574,9 +574,7 @@ def abandon(
     if status is InvocationStatus.PENDING:
         queue = replace(queue, queued=max(0, queue.queued - 1))
     elif status is InvocationStatus.AWAITING_CAPACITY:
-        queue = replace(
-            _release(queue), awaiting_capacity=max(0, queue.awaiting_capacity - 1)
-        )
+        queue = replace(_release(queue), awaiting_capacity=max(0, queue.awaiting_capacity - 1))
     elif status is InvocationStatus.RUNNING or (
         status is InvocationStatus.SUSPENDED and invocation.holds_slot
     ):

@@ -88,6 +88,11 @@ class KafkaJournalWriter:
         if not await self._committed:
             # The dispatch may be delivered again; a step run now could then run twice.
             raise LeaseLost("the dispatch offset could not be committed")
+        # Checked right before the step's action runs, in the same turn of the loop: a
+        # worker that thaws after a freeze past its lease must not run the action
+        # beside the next attempt, though its journal entry would be refused anyway.
+        if not self.lease.held_at(self._clock()):
+            raise LeaseLost(f"lease of attempt {self._alive.attempt} ran out before its next step")
 
     async def append(self, record: EntryAppended) -> None:
         sent_at = self._clock()

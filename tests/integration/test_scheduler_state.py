@@ -83,3 +83,47 @@ def test_checkpoints_cover_every_batch_and_lost_state_is_rebuilt(
 
     assert all(r.attempts == 1 for r in results)
     assert sorted(i for i in ran if i in set(ids)) == sorted(ids), "lost or ran twice"
+
+
+def test_a_dispatch_carries_the_time_its_lease_is_counted_from(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """The worker counts an attempt's lease from the dispatch record's time; were that
+    later than the scheduler's decision, the worker would think it holds the lease
+    after the scheduler fenced it, and a step could run on beside the next attempt."""
+    settings = runtime_settings(kafka_bootstrap, topic_prefix, lease_timeout_ms=60_000)
+    assert settings.state_dir is not None
+    provision(kafka_bootstrap, settings.catalogue)
+    register(settings, [service])
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": f"{topic_prefix}probe",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([settings.topic_names.dispatch])
+    dispatched: dict[str, int] = {}
+    with running_scheduler(settings), Client(settings) as client:  # no worker: they wait
+        ids = {client.send("Stateful/work", n) for n in range(20)}
+        deadline = time.monotonic() + 60
+        while set(dispatched) != ids and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                continue
+            order = WireCodec().decode_dispatch(message.value())
+            dispatched[order.request.id] = message.timestamp()[1]
+        consumer.close()
+    assert set(dispatched) == ids
+    store = StateStore(settings.state_dir, settings.topic_names.group("scheduler"), topic_prefix)
+    try:
+        for invocation_id, sent_at in dispatched.items():
+            found = [
+                PartitionState(store, p, WireCodec()).invocation(invocation_id)
+                for p in range(settings.runtime_partitions)
+            ]
+            (invocation,) = [i for i in found if i is not None]
+            assert invocation.wake_at_ms == sent_at + settings.lease_timeout_ms, invocation_id
+    finally:
+        store.close()

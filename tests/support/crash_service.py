@@ -28,8 +28,7 @@ def _append(line: str) -> None:
         os.close(fd)
 
 
-@service.handler()
-async def work(ctx: Context, request: int) -> int:
+async def _three_steps(ctx: Context, request: int, pause_s: float) -> int:
     total = 0
     for step in range(3):
 
@@ -41,9 +40,20 @@ async def work(ctx: Context, request: int) -> int:
         token = await ctx.run(f"step-{step}", execute)
         _append(f"seen {ctx.invocation_id} {step} {token}")
         total += step
-        # Work in flight at any moment, so that every kill lands in the middle of some.
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(pause_s)
     return request + total
+
+
+@service.handler()
+async def work(ctx: Context, request: int) -> int:
+    # Work in flight at any moment, so that every kill lands in the middle of some.
+    return await _three_steps(ctx, request, 0.01)
+
+
+@service.handler()
+async def paced(ctx: Context, pause_s: float) -> int:
+    # Steps further apart than the heartbeat timeout: only heartbeats keep the lease.
+    return await _three_steps(ctx, 0, pause_s)
 
 
 @service.handler()

@@ -51,7 +51,11 @@ class Outbox:
     """Produces into the open transaction; remembers content refusals per transaction."""
 
     def __init__(
-        self, transactions: Transactions, *, max_record_bytes: int, dead_letter_topic: str,
+        self,
+        transactions: Transactions,
+        *,
+        max_record_bytes: int,
+        dead_letter_topic: str,
         dead_letter_record_bytes: int,
     ) -> None:
         self._transactions = transactions

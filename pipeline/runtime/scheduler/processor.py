@@ -35,10 +35,11 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import (
+    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -100,7 +101,7 @@ from pipeline.runtime.scheduler.restore import restore
 from pipeline.runtime.scheduler.service_registry import ServiceRegistry
 from pipeline.runtime.scheduler.standby import StandbyCopies
 from pipeline.runtime.scheduler.state_store import StateStore, default_state_root
-from pipeline.runtime.scheduler.transactions import Transactions, is_fenced, retrying
+from pipeline.runtime.scheduler.transactions import Stopping, Transactions, is_fenced, retrying
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,10 @@ Clock = Callable[[], int]
 # Well above a batch's transaction (milliseconds to a second), and well under the
 # 10 s in which another instance should serve a dead one's partitions.
 _TRANSACTION_TIMEOUT_MS = 3_000
+# How often the end of a journal partition with due timers is asked for: a timer
+# fires up to this much late, for one round trip to the broker each time.
+_JOURNAL_END_REFRESH_MS = 100
+_JOURNAL_END_TIMEOUT_S = 3.0
 # Standby records applied between two batches: few while this instance has work of its
 # own (what following others costs its latency), many while it is idle.
 _STANDBY_RECORDS_BUSY = 1_000
@@ -153,6 +158,7 @@ class SchedulerProcessor:
         self._states: dict[int, PartitionState] = {}
         self._transactions: Transactions | None = None
         self._outbox: Outbox | None = None
+        self._stop: threading.Event | None = None
         self._limits = settings.payload_limits
         # Records dead-lettered because they could not be read or processed at all.
         self.quarantined = 0
@@ -167,8 +173,10 @@ class SchedulerProcessor:
         self._capacity = CapacityExchange(settings.runtime_partitions)
         self._standby: StandbyCopies | None = None
         self._assigned_at: float | None = None
-        # Per partition, the next journal offset to read (see `_caught_up`).
+        # Per partition, the next journal offset to read (see `_timer_horizons`).
         self._journal_read: dict[int, int] = {}
+        # Per partition, when its journal's end offset was last asked for, and that end.
+        self._journal_end: dict[int, tuple[int, int]] = {}
 
     # -- configuration ---------------------------------------------------------------
 
@@ -226,12 +234,27 @@ class SchedulerProcessor:
     # -- the loop --------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        # Opened first: a second process with this instance id fails on its lock here,
+        # before its producer could fence the first one's.
         self._state_store = StateStore(
             self._settings.state_dir or default_state_root(),
             self._names.group("scheduler"),
             self._settings.instance_id,
         )
-        transactions = Transactions(self._producer_config())
+        try:
+            self._serve(stop)
+        except Stopping as stopping:
+            log.info("scheduler %s stopped: %s", self._instance, stopping)
+        finally:
+            self._states.clear()
+            self._state_store.close()
+            self._state_store = None
+
+    def _serve(self, stop: threading.Event) -> None:
+        state_store = self._state_store
+        assert state_store is not None
+        transactions = Transactions(self._producer_config(), stop)
         self._transactions = transactions
         catalogue = self._settings.catalogue
         self._outbox = Outbox(
@@ -249,7 +272,7 @@ class SchedulerProcessor:
         rules.catch_up(30)
         if self._settings.standby_copies:
             self._standby = StandbyCopies(
-                self._state_store,
+                state_store,
                 self._side_consumer_config(),
                 self._names.scheduler_state,
                 self._settings.runtime_partitions,
@@ -286,9 +309,6 @@ class SchedulerProcessor:
             registry.close()
             rules.close()
             transactions.close(10)
-            self._states.clear()
-            self._state_store.close()
-            self._state_store = None
 
     def _new_consumer(self) -> Consumer:
         consumer = Consumer(self._consumer_config())
@@ -349,12 +369,13 @@ class SchedulerProcessor:
         # A lease must not be fenced for want of reports that are in the journal but
         # not read yet: a worker counts its lease from when its report was
         # acknowledged, so it could get a later step acknowledged behind the fence.
-        # Timers of a partition wait until its journal has been read to the end the
-        # last fetch saw (and all wait while the local queue holds more input).
+        # Timers of a partition wait until its journal has been read to an end asked
+        # of the broker after they were due (and all wait while the local queue holds
+        # more input).
         timers = (
-            self._caught_up(consumer, now)
+            self._timer_horizons(consumer, now)
             if len(batch) < self._settings.scheduler_batch_max
-            else set()
+            else {}
         )
 
         def whole_batch() -> None:
@@ -381,8 +402,12 @@ class SchedulerProcessor:
             records.append(read_record(message))
         return records
 
-    def _caught_up(self, consumer: Consumer, now: int) -> set[int]:
-        """Partitions whose journal is read, with this batch, to its known end."""
+    def _timer_horizons(self, consumer: Consumer, now: int) -> dict[int, int]:
+        """Per partition with a due timer, the time up to which its timers may fire:
+        when the journal's end was last asked for, if the journal is read to that end.
+        A report Kafka acknowledged before a timer was due is then read before the
+        timer fires. The end is asked of the broker, not taken from the last fetch,
+        which lags behind the journal by as long as a fetch takes to come back."""
         journal = self._names.journal
         # The position moves past transaction markers too, which a record's offset
         # does not tell; it is unknown until something was read since the assignment.
@@ -390,34 +415,50 @@ class SchedulerProcessor:
         for tp in positions:
             if tp.offset >= 0:
                 self._journal_read[tp.partition] = tp.offset
-        unknown = [
-            TopicPartition(journal, p)
+        due = [
+            p
             for p, state in self._states.items()
-            if p not in self._journal_read and (state.next_wake_ms() or now + 1) <= now
+            if (wake := state.next_wake_ms()) is not None and wake <= now
         ]
+        unknown = [TopicPartition(journal, p) for p in due if p not in self._journal_read]
         if unknown:
-            # Nothing read since the assignment, and a timer is due: start from the
-            # committed offsets (none yet: from the start, where an empty journal is
-            # read to its end). Briefly, so that offsets still pending in a dead
-            # instance's transaction do not hold up the loop; asked again next time.
+            # Nothing read since the assignment: start from the committed offsets (none
+            # yet: from the start, where an empty journal is read to its end). Briefly,
+            # so that offsets still pending in a dead instance's transaction do not hold
+            # up the loop; asked again next time.
             with contextlib.suppress(KafkaException):
                 for tp in consumer.committed(unknown, timeout=0.1):
                     self._journal_read[tp.partition] = max(tp.offset, 0)
-        caught_up: set[int] = set()
-        for partition in self._states:
-            read = self._journal_read.get(partition)
-            _, end = consumer.get_watermark_offsets(
-                TopicPartition(journal, partition), cached=True
-            )
-            if read is not None and 0 <= end <= read:
-                caught_up.add(partition)
-        return caught_up
+        stale = [
+            TopicPartition(journal, p, OFFSET_END)
+            for p in due
+            if self._journal_end.get(p, (-_JOURNAL_END_REFRESH_MS, 0))[0]
+            <= now - _JOURNAL_END_REFRESH_MS
+        ]
+        if stale:
+            asked_at = self._clock()
+            try:
+                # The broker answers with the last stable offset to a read_committed
+                # consumer: the end this consumer can read to.
+                ends = consumer.offsets_for_times(stale, timeout=_JOURNAL_END_TIMEOUT_S)
+            except KafkaException as exc:
+                log.warning("journal end offsets not known (%s): timers wait", exc)
+                ends = []
+            for tp in ends:
+                if tp.error is None and tp.offset >= 0:
+                    self._journal_end[tp.partition] = (asked_at, tp.offset)
+        horizons: dict[int, int] = {}
+        for p in due:
+            read, asked = self._journal_read.get(p), self._journal_end.get(p)
+            if read is not None and asked is not None and read >= asked[1]:
+                horizons[p] = asked[0]
+        return horizons
 
-    def _after_records(self, now: int, timers: Collection[int]) -> None:
-        for partition in timers:
+    def _after_records(self, now: int, timers: Mapping[int, int]) -> None:
+        for partition, horizon in timers.items():
             state = self._states.get(partition)
             if state is not None:
-                for invocation_id in state.pop_due(now):
+                for invocation_id in state.pop_due(min(horizon, now)):
                     self._apply(state, invocation_id, TimerDue(invocation_id), now)
         for state in list(self._states.values()):
             pump(state, self._rules, now, self._admit_head)
@@ -480,7 +521,7 @@ class SchedulerProcessor:
         consumer: Consumer,
         records: list[ConsumedRecord],
         now: int,
-        timers: set[int],
+        timers: Mapping[int, int],
     ) -> None:
         """Each record in a transaction of its own; one that fails alone is quarantined."""
         for record in records:
@@ -518,8 +559,14 @@ class SchedulerProcessor:
         def alone() -> None:
             self._offsets[(record.topic, record.partition)] = record.offset + 1
             bare = ConsumedRecord(
-                record.topic, record.partition, record.offset, None, None, (),
-                record.timestamp_ms, record.unreadable,
+                record.topic,
+                record.partition,
+                record.offset,
+                None,
+                None,
+                (),
+                record.timestamp_ms,
+                record.unreadable,
             )
             outbox.dead_letter(bare, why, Origin.of(record))
 
@@ -583,12 +630,19 @@ class SchedulerProcessor:
         """After an abort, state and positions go back to the last committed batch."""
         self._discard()
         self._journal_read.clear()
+        self._journal_end.clear()
         committed = retrying(
-            "committed offsets", lambda: consumer.committed(consumer.assignment(), timeout=30)
+            "committed offsets",
+            lambda: consumer.committed(consumer.assignment(), timeout=10),
+            self._stop,
         )
         for tp in committed:
             position = TopicPartition(tp.topic, tp.partition, max(tp.offset, 0))
-            retrying("seek to the committed offset", functools.partial(consumer.seek, position))
+            retrying(
+                "seek to the committed offset",
+                functools.partial(consumer.seek, position),
+                self._stop,
+            )
 
     # -- rebalancing -----------------------------------------------------------------
 
@@ -609,6 +663,7 @@ class SchedulerProcessor:
             self._states.pop(p, None)
             self._changelog_end.pop(p, None)
             self._journal_read.pop(p, None)
+            self._journal_end.pop(p, None)
         self._offsets = {k: v for k, v in self._offsets.items() if k[1] in self._states}
         if self._standby is not None:
             self._standby.follow_all_but(set(self._states))
@@ -805,11 +860,14 @@ class SchedulerProcessor:
         for effect in decision.effects:
             match effect:
                 case Dispatch(order=order):
+                    # The worker counts the attempt's lease from the record's time: the
+                    # time the scheduler counts it from, not the later time of sending.
                     self._produce(
                         self._names.dispatch,
                         state.partition,
                         order.request.partition_key,
                         self._codec.encode_dispatch(order),
+                        timestamp_ms=now,
                     )
                 case EmitResult(result=result):
                     self._produce(
@@ -912,8 +970,10 @@ class SchedulerProcessor:
             end = self._changelog_end.get(partition, 0)
             self._changelog_end[partition] = max(end, offset + 1)
 
-    def _produce(self, topic: str, partition: int, key: str, value: bytes | None) -> None:
-        self._send(topic, partition, key.encode(), value)
+    def _produce(
+        self, topic: str, partition: int, key: str, value: bytes | None, *, timestamp_ms: int = 0
+    ) -> None:
+        self._send(topic, partition, key.encode(), value, timestamp_ms=timestamp_ms)
 
     def _send(
         self,
@@ -922,10 +982,14 @@ class SchedulerProcessor:
         key: bytes | None,
         value: bytes | None,
         on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+        *,
+        timestamp_ms: int = 0,
     ) -> None:
         outbox = self._outbox
         assert outbox is not None
-        outbox.send(topic, partition, key, value, on_delivery=on_delivery)
+        outbox.send(
+            topic, partition, key, value, timestamp_ms=timestamp_ms, on_delivery=on_delivery
+        )
 
 
 def _is_fatal(error: KafkaError | None) -> bool:

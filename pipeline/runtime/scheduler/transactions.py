@@ -1,6 +1,10 @@
 """The scheduler's transactional producer, riding out broker outages.
 
-Every call waits at most `_CALL_TIMEOUT_S`. A commit that fails for any reason
+Every call waits at most `_CALL_TIMEOUT_S`, and that bound is ours, not only
+librdkafka's: its `send_offsets_to_transaction` can wait for ever for a group
+coordinator that went away (librdkafka #5456 and #5511, seen here after a broker
+restart), so each call runs on a thread of its own and a producer whose call outlives
+the bound is abandoned and replaced. A commit that fails for any reason
 (the broker away, the transaction lost) is aborted, and the caller runs its batch
 again from its last committed state; an abort that does not go through in time, or a
 producer that reports a fatal error, is replaced by a new producer under the same
@@ -17,17 +21,27 @@ id, and this one stops rather than fence it back.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from pipeline.errors import RetryableError
+
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_CALL_TIMEOUT_S = 30.0
+# Longer than the transaction timeout, after which the broker aborts the transaction
+# anyway, and short enough that a wedged call costs seconds, not minutes.
+_CALL_TIMEOUT_S = 10.0
+# How much longer than its own timeout a call may take before it counts as wedged.
+_WEDGED_AFTER_S = 5.0
 _BACKOFF_S = (0.1, 0.2, 0.5, 1.0)
 _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
 MAX_FENCES = 3
@@ -36,6 +50,12 @@ FENCE_WINDOW_S = 60.0
 
 class StillFenced(Exception):
     """Another live process holds this process's transactional id."""
+
+
+class Stopping(BaseException):
+    """The process was asked to stop while it waited for Kafka.
+
+    A `BaseException` so that the loop's handlers of failed batches let it through."""
 
 
 # Errors librdkafka does not flag retriable that only say Kafka is not answering (yet).
@@ -73,12 +93,19 @@ def is_fenced(error: KafkaError) -> bool:
 _LOG_EVERY_S = 5.0
 
 
-def retrying(what: str, call: Callable[[], _T]) -> _T:
-    """`call()`, again after each retriable error, for as long as it takes; other errors
-    propagate. Logged while it lasts, so that a wait on Kafka is never silent."""
+def _caller() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="transactions")
+
+
+def retrying(what: str, call: Callable[[], _T], stop: threading.Event | None = None) -> _T:
+    """`call()`, again after each retriable error, until it goes through or `stop` is
+    set (`Stopping`); other errors propagate. Logged while it lasts, so that a wait on
+    Kafka is never silent."""
     tries = 0
     first_failure = last_log = 0.0
     while True:
+        if stop is not None and stop.is_set():
+            raise Stopping(f"stopped while waiting for {what}")
         try:
             result = call()
         except KafkaException as exc:
@@ -95,7 +122,11 @@ def retrying(what: str, call: Callable[[], _T]) -> _T:
                     now - first_failure,
                     error,
                 )
-            time.sleep(_BACKOFF_S[min(tries, len(_BACKOFF_S) - 1)])
+            backoff = _BACKOFF_S[min(tries, len(_BACKOFF_S) - 1)]
+            if stop is None:
+                time.sleep(backoff)
+            else:
+                stop.wait(backoff)
             tries += 1
             continue
         if first_failure:
@@ -103,37 +134,103 @@ def retrying(what: str, call: Callable[[], _T]) -> _T:
         return result
 
 
+class ProducerWedged(RetryableError):
+    """A producer call outlived its own timeout; the producer was replaced by a new one."""
+
+
 class Transactions:
-    def __init__(self, config: dict[str, object]) -> None:
+    def __init__(
+        self,
+        config: dict[str, object],
+        stop: threading.Event | None = None,
+        new_producer: Callable[[dict[str, object]], Producer] = Producer,
+    ) -> None:
         self._config = config
+        self._stop = stop
+        self._make_producer = new_producer
         self._fences: list[float] = []
+        self._calls = _caller()
+        # Producers whose call never returned, kept so that the call's thread never
+        # runs on in a freed client.
+        self.abandoned: list[Producer] = []
+        self._open = False
         self.producer = self._new_producer()
 
+    def _call(self, what: str, call: Callable[[], _T]) -> _T:
+        """`call()`, waited for at most `_CALL_TIMEOUT_S + _WEDGED_AFTER_S`."""
+        future = self._calls.submit(call)
+        try:
+            return future.result(_CALL_TIMEOUT_S + _WEDGED_AFTER_S)
+        except FutureTimeout:
+            log.error(
+                "%s did not return within %.0f s though its timeout is %.0f s: abandoning "
+                "the producer",
+                what,
+                _CALL_TIMEOUT_S + _WEDGED_AFTER_S,
+                _CALL_TIMEOUT_S,
+            )
+            self._calls.shutdown(wait=False)
+            self._calls = _caller()
+            raise ProducerWedged(f"{what} wedged") from None
+
+    def _abandon(self) -> None:
+        self.abandoned.append(self.producer)
+        self.renew()
+
     def _new_producer(self) -> Producer:
-        producer = Producer(self._config)
-        retrying("init_transactions", lambda: producer.init_transactions(_CALL_TIMEOUT_S))
-        return producer
+        while True:
+            producer = self._make_producer(self._config)
+            init = functools.partial(producer.init_transactions, _CALL_TIMEOUT_S)
+            try:
+                retrying(
+                    "init_transactions",
+                    functools.partial(self._call, "init_transactions", init),
+                    self._stop,
+                )
+            except ProducerWedged:
+                self.abandoned.append(producer)
+                continue
+            return producer
 
     def begin(self) -> None:
         self.producer.begin_transaction()
+        self._open = True
 
     def commit(self, offsets: list[TopicPartition], group_metadata: object) -> None:
-        """Raises `KafkaException` when the transaction did not commit: abort it then."""
+        """Raises `KafkaException` or `ProducerWedged` when the transaction did not
+        commit: abort it then."""
         producer = self.producer
-        if offsets:
-            producer.send_offsets_to_transaction(offsets, group_metadata, _CALL_TIMEOUT_S)
-        producer.commit_transaction(_CALL_TIMEOUT_S)
+        try:
+            if offsets:
+                self._call(
+                    "send_offsets_to_transaction",
+                    lambda: producer.send_offsets_to_transaction(
+                        offsets, group_metadata, _CALL_TIMEOUT_S
+                    ),
+                )
+            self._call("commit_transaction", lambda: producer.commit_transaction(_CALL_TIMEOUT_S))
+        except ProducerWedged:
+            self._abandon()
+            raise
+        self._open = False
 
     def abort(self) -> None:
         """Abort the open transaction; a producer that cannot is replaced."""
+        if not self._open:
+            return  # the producer was replaced; the broker aborts what the old one left
+        producer = self.producer
         try:
-            self.producer.abort_transaction(_CALL_TIMEOUT_S)
+            self._call("abort_transaction", lambda: producer.abort_transaction(_CALL_TIMEOUT_S))
+        except ProducerWedged:
+            self._abandon()
+            return
         except KafkaException as exc:
             error = exc.args[0]
             if is_fenced(error):
                 self._count_fence(error)
             log.warning("transactional producer unusable (%s): starting a new one", error)
             self.renew()
+        self._open = False
 
     def _count_fence(self, error: KafkaError) -> None:
         now = time.monotonic()
@@ -150,6 +247,7 @@ class Transactions:
         open transaction the coordinator aborts."""
         old = self.producer
         old.purge()
+        self._open = False
         self.producer = self._new_producer()
 
     def close(self, timeout_s: float) -> None:
@@ -159,3 +257,5 @@ class Transactions:
             self.producer.flush(timeout_s)
         except KafkaException as exc:
             log.warning("transactional producer closed with an error: %s", exc)
+        finally:
+            self._calls.shutdown(wait=False)
