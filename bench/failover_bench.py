@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.harness import broker, start_process
+from bench.harness import broker, cpu_seconds, start_process
 from bench.pipeline_bench import ResultWatcher
 from bench.queues_bench import wait_until_consumed
 from bench.services import service
@@ -113,13 +113,20 @@ def scale(args: argparse.Namespace) -> dict[str, object]:
                     watcher = ResultWatcher(settings)
                     watcher.start()
                     requests = [client.request("Bench/noop", i) for i in range(args.invocations)]
+                    cpu_before = cpu_seconds()
                     started = time.perf_counter()
                     client.send_requests(requests)
                     last = watcher.wait_for({r.id for r in requests}, timeout_s=600)
+                    cpu_after = cpu_seconds()
                     watcher.stop()
-                    report[f"{instances}_instances_inv_per_s"] = round(
-                        args.invocations / (last - started)
-                    )
+                    elapsed = last - started
+                    report[f"{instances}_instances_inv_per_s"] = round(args.invocations / elapsed)
+                    # Who had the cores: busy fraction of the machine, and the CPU
+                    # seconds per second of the brokers and the pipeline processes.
+                    report[f"{instances}_instances_cpu"] = {
+                        kind: round((cpu_after[kind] - cpu_before[kind]) / elapsed, 2)
+                        for kind in cpu_after
+                    } | {"cores": os.cpu_count()}
             finally:
                 _stop(processes)
     one, two = report["1_instances_inv_per_s"], report["2_instances_inv_per_s"]

@@ -83,3 +83,28 @@ def start_runtime(settings: Settings, instance: str) -> list[subprocess.Popen[by
         start_process(settings, instance, "scheduler"),
         start_process(settings, instance, "worker", "--service", "bench.services:service"),
     ]
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far (Linux /proc): by the Kafka JVMs, by `pipeline` processes,
+    and by the whole machine; deltas over a run say who had the cores."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"brokers": 0.0, "pipeline": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if b"kafka.Kafka" in cmdline:
+            used["brokers"] += seconds
+        elif b"pipeline.cli" in cmdline or b"bin/pipeline" in cmdline:
+            used["pipeline"] += seconds
+    with open("/proc/stat") as stat:
+        jiffies = [int(x) for x in stat.readline().split()[1:]]
+    idle = jiffies[3] + jiffies[4]  # idle + iowait
+    used["machine"] = (sum(jiffies[:8]) - idle) / tick
+    return used
