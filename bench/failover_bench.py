@@ -48,8 +48,6 @@ from pipeline.runtime.worker import Worker
 from pipeline.settings import Settings
 from topics.provision import provision
 
-FAST_SESSIONS = {"PIPELINE_SESSION_TIMEOUT_MS": "3000"}
-
 
 @contextmanager
 def cluster() -> Iterator[str]:
@@ -157,7 +155,7 @@ def _takeover_once(bootstrap: str, waiting: int, standby: bool, partitions: int)
     writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
     writer.write(put(RuleSet(), rules, expected_version=0))
     writer.close()
-    env = {**FAST_SESSIONS, "PIPELINE_STANDBY_COPIES": "true" if standby else "false"}
+    env = {"PIPELINE_STANDBY_COPIES": "true" if standby else "false"}
     one = _start(settings, "one", "scheduler", env)
     two = _start(settings, "two", "scheduler", env)
     worker = _start(settings, "w", "worker", env)
@@ -209,7 +207,7 @@ def worker_retry(args: argparse.Namespace) -> dict[str, object]:
         )
         provision(bootstrap, settings.catalogue)
         crash_log = Path(logs) / "steps.log"
-        fleet = Fleet(settings, Path(logs), crash_log, env=FAST_SESSIONS)
+        fleet = Fleet(settings, Path(logs), crash_log)
         fleet.start("scheduler", "scheduler", "bench")
         fleet.start("victim", "worker")
         fleet.start("survivor", "worker")

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.core.membership import KAFKA_DEFAULT_MIN_SESSION_TIMEOUT_MS
 from pipeline.core.payload import KIB, PayloadLimits
 from topics import TopicCatalogue, TopicNames
 
@@ -53,14 +54,14 @@ class Settings(BaseSettings):
         description="Workers give up an attempt this long before its lease could expire "
         "(covers clock skew between worker and scheduler hosts).",
     )
-    session_timeout_ms: int = Field(
-        default=6_000,
+    session_timeout_ms: int | None = Field(
+        default=None,
         ge=1_000,
         description="Consumer-group session of schedulers and workers: a process killed "
         "or cut off loses its partitions after this long, and only then does another "
-        "take them over. 6 s is the lowest a broker accepts by default; lower "
-        "`group.min.session.timeout.ms` on the brokers to go lower (the local broker "
-        "accepts 1 s).",
+        "take them over. Unset: 3 s, or the cluster's `group.min.session.timeout.ms` "
+        "where that is higher (6 s on brokers with default settings; the local broker "
+        "accepts 1 s), read from the cluster when a process starts.",
     )
     scheduler_batch_max: int = Field(default=2000, ge=1)
     standby_copies: bool = Field(
@@ -152,9 +153,12 @@ class Settings(BaseSettings):
 
     def membership(self, role: str) -> dict[str, str | int]:
         """Consumer-group membership settings of a process of `role`."""
+        # Unset and not read from the cluster (see `with_session_timeout`): a session
+        # every cluster accepts.
+        session = self.session_timeout_ms or KAFKA_DEFAULT_MIN_SESSION_TIMEOUT_MS
         config: dict[str, str | int] = {
-            "session.timeout.ms": self.session_timeout_ms,
-            "heartbeat.interval.ms": max(self.session_timeout_ms // 5, 100),
+            "session.timeout.ms": session,
+            "heartbeat.interval.ms": max(session // 5, 100),
         }
         if self.instance_id is not None:
             config["group.instance.id"] = f"{role}-{self.instance_id}"

@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    ResourceType,
+)
 
+from pipeline.core.membership import session_timeout_ms
 from pipeline.errors import RetryableError, ValidationError
 from pipeline.settings import Settings
 
@@ -30,6 +36,38 @@ def _bootstrap(settings: Settings) -> str:
             "composition root fill it in from the local broker (`pipeline kafka start`)"
         )
     return settings.kafka_bootstrap_servers
+
+
+_CLUSTER_CONFIG_TIMEOUT_S = 5.0
+
+
+def with_session_timeout(settings: Settings) -> Settings:
+    """`settings` with the consumer-group session chosen for this cluster, unless set.
+
+    Asked of one broker once, when a process starts; a cluster that does not answer in
+    time, or does not let us read its configuration, gets a session every cluster
+    accepts."""
+    if settings.session_timeout_ms is not None:
+        return settings
+    floor = ceiling = None
+    try:
+        admin = AdminClient({"bootstrap.servers": _bootstrap(settings)})
+        brokers = admin.list_topics(timeout=_CLUSTER_CONFIG_TIMEOUT_S).brokers
+        resource = ConfigResource(ResourceType.BROKER, str(min(brokers)))
+        future = admin.describe_configs([resource])[resource]
+        entries = future.result(timeout=_CLUSTER_CONFIG_TIMEOUT_S)
+        floor = int(entries["group.min.session.timeout.ms"].value)
+        ceiling = int(entries["group.max.session.timeout.ms"].value)
+    except (KafkaException, KeyError, ValueError, TimeoutError) as exc:
+        log.warning("cluster's session limits not known (%s): assuming Kafka's defaults", exc)
+    chosen = session_timeout_ms(floor, ceiling)
+    log.info(
+        "consumer-group session %d ms (the cluster accepts %s to %s ms)",
+        chosen,
+        floor if floor is not None else "?",
+        ceiling if ceiling is not None else "?",
+    )
+    return settings.model_copy(update={"session_timeout_ms": chosen})
 
 
 def worker_consumer_config(settings: Settings) -> ClientConfig:

@@ -39,6 +39,7 @@ from pipeline.runtime.invoker import Invoker
 from pipeline.runtime.kafka_clients import (
     AsyncProducer,
     journal_producer_config,
+    with_session_timeout,
     worker_consumer_config,
 )
 from pipeline.runtime.tracing import tracer_provider_from_settings
@@ -120,6 +121,7 @@ class Worker:
         A worker runs once: a tracer provider it built itself is shut down at the end.
         """
         loop = asyncio.get_running_loop()
+        self._settings = await loop.run_in_executor(None, with_session_timeout, self._settings)
         producer = self._producer = self._new_producer()
         consumer = DispatchConsumer(worker_consumer_config(self._settings), self._topics.dispatch)
         invoker = Invoker(

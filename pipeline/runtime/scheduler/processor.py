@@ -92,6 +92,7 @@ from pipeline.core.scheduler import (
 from pipeline.errors import DecodeError, RetryableError
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.consumed import ConsumedRecord, read_record
+from pipeline.runtime.kafka_clients import with_session_timeout
 from pipeline.runtime.limit_rules import LimitRuleReader
 from pipeline.runtime.scheduler.capacity import CapacityExchange, deployment_key
 from pipeline.runtime.scheduler.outbox import ORIGIN_HEADER, Origin, Outbox
@@ -235,6 +236,7 @@ class SchedulerProcessor:
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
+        self._settings = with_session_timeout(self._settings)
         # Opened first: a second process with this instance id fails on its lock here,
         # before its producer could fence the first one's.
         self._state_store = StateStore(
