@@ -136,7 +136,7 @@ def scale(args: argparse.Namespace) -> dict[str, object]:
 def takeover(args: argparse.Namespace) -> dict[str, object]:
     report: dict[str, object] = {}
     for waiting in (int(w) for w in args.waiting.split(",")):
-        for standby in (True, False):
+        for standby in {"both": (True, False), "on": (True,), "off": (False,)}[args.standby]:
             with broker() as bootstrap:
                 seconds = _takeover_once(bootstrap, waiting, standby, args.partitions)
             report[f"{waiting}_waiting_{'standby' if standby else 'no_standby'}_s"] = seconds
@@ -249,6 +249,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--waiting", default="10000,100000,1000000")
     parser.add_argument("--attempts", type=int, default=200)
+    parser.add_argument(
+        "--standby", choices=["both", "on", "off"], default="both", help="takeover: copies"
+    )
     args = parser.parse_args()
     runs = {"scale": scale, "takeover": takeover, "worker-retry": worker_retry}
     report = {

@@ -301,3 +301,46 @@ def test_the_queues_a_scope_has_waiting_follow_the_queue_rows(
 def test_a_store_with_older_derived_rows_is_restored_in_full() -> None:
     assert usable_start(Checkpoint("changelog", 10, 0, 0, layout=1), "changelog", 10, 0) is None
     assert usable_start(Checkpoint("changelog", 10, 0, 0), "changelog", 10, 0) == 10
+
+
+@settings(max_examples=25, deadline=None)
+@given(queues=st.integers(0, 60), slice_size=st.integers(1, 25))
+def test_a_full_pump_runs_in_slices_that_together_visit_every_waiting_queue_once(
+    tmp_path_factory: pytest.TempPathFactory, queues: int, slice_size: int
+) -> None:
+    store = StateStore(tmp_path_factory.mktemp("slices"), "group", "instance")
+    try:
+        state = PartitionState(store, 0, CODEC)
+        for i in range(queues):
+            state.put_queue(VirtualQueue(QueueId("s", f"k{i:03}"), queued=i % 3), now_ms=0)
+        commit(state)
+        state = PartitionState(store, 0, CODEC)
+        visited: list[str] = []
+        passes = 0
+        while state.full_pump_needed:
+            sliced = [str(q) for q in state.queues_to_pump(0, full_pass_slice=slice_size)]
+            # Each slice is bounded, so new input waits for one slice at most.
+            assert len(sliced) <= slice_size
+            visited += sliced
+            passes += 1
+            assert passes <= queues // slice_size + 1
+        assert sorted(visited) == [f"s/k{i:03}" for i in range(queues) if i % 3]
+        assert list(state.queues_to_pump(0, full_pass_slice=slice_size)) == []
+    finally:
+        store.close()
+
+
+def test_a_rule_change_during_a_sliced_pass_starts_it_again(store: StateStore) -> None:
+    state = PartitionState(store, 0, CODEC)
+    for i in range(6):
+        state.put_queue(VirtualQueue(QueueId("s", f"k{i}"), queued=1), now_ms=0)
+    commit(state)
+    state = PartitionState(store, 0, CODEC)
+    assert [str(q) for q in state.queues_to_pump(0, full_pass_slice=4)] == [
+        f"s/k{i}" for i in range(4)
+    ]
+    state.pump_after_rule_change(None)
+    first = [str(q) for q in state.queues_to_pump(0, full_pass_slice=4)]
+    rest = [str(q) for q in state.queues_to_pump(0, full_pass_slice=4)]
+    assert (first, rest) == ([f"s/k{i}" for i in range(4)], ["s/k4", "s/k5"])
+    assert not state.full_pump_needed

@@ -58,6 +58,8 @@ DEPLOYMENT_PREFIX = "d/"
 
 LAYOUT = 3  # 2: the `a` and `o` indexes; 3: `f` in place of `o`
 _CACHE_ROWS = 10_000
+# Stored queues a partition-wide pump pass looks at per batch: ~0.1 s of work.
+FULL_PASS_SLICE = 2_000
 _FLOORS = 50_000
 _PRUNE_MAX = 1_000
 
@@ -106,7 +108,9 @@ class PartitionState:
         self._touched_queues: set[QueueId] = set()
         # True until every queue was looked at under the rules in force: after new
         # rules, or when the local store could not say which rules it was pumped under.
-        self.full_pump_needed = True
+        # The pass runs a slice per batch, from `_full_pass_from` on.
+        self._full_pass_needed = True
+        self._full_pass_from: bytes | None = None
         # Scopes whose every queue must be looked at: their rules changed.
         self._scopes_to_pump: set[str] = set()
 
@@ -118,8 +122,17 @@ class PartitionState:
             self._scopes_to_pump |= scopes
 
     @property
+    def full_pump_needed(self) -> bool:
+        return self._full_pass_needed
+
+    @full_pump_needed.setter
+    def full_pump_needed(self, needed: bool) -> None:
+        self._full_pass_needed = needed
+        self._full_pass_from = None  # a pass owed anew starts from the first queue
+
+    @property
     def pump_pending(self) -> bool:
-        return self.full_pump_needed or bool(self._scopes_to_pump)
+        return self._full_pass_needed or bool(self._scopes_to_pump)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -422,29 +435,47 @@ class PartitionState:
                 due[key[11:].decode()] = None
         return list(due)
 
-    def queues_to_pump(self, now_ms: int) -> Iterator[QueueId]:
+    def queues_to_pump(
+        self, now_ms: int, full_pass_slice: int = FULL_PASS_SLICE
+    ) -> Iterator[QueueId]:
         """Queues touched since last time or due to wake, with work waiting or not: a
         queue whose last attempt just ended frees a slot of its scope's budget, which
         other queues of the scope may be waiting for.
 
         After a rule change, also every queue with work waiting of the scopes it
         concerns, or of the partition (`full_pump_needed`): that iteration runs over
-        RocksDB rather than a list, so a million queues need no million-entry list.
+        RocksDB rather than a list, so a million queues need no million-entry list. The
+        partition-wide pass looks at `full_pass_slice` stored queues per call and goes
+        on from there the next time, so that new input is served between slices (a
+        taken-over partition with a million waiting queues answers in seconds, not
+        after the whole pass).
         """
         due = self._touched_queues
         self._touched_queues = set()
         for key in self._pop_due_keys(b"k", self._new_wakes, now_ms):
             due.add(QueueId.parse(key[11:].decode()))
         scopes, self._scopes_to_pump = self._scopes_to_pump, set()
-        if self.full_pump_needed:
-            self.full_pump_needed = False
+        if self._full_pass_needed:
             due.update(q for q, v in self._queues.items() if v is not None)
-            yield from self._stored_queues(b"", exclude=due)
+            yield from self._full_pass_slice(full_pass_slice, exclude=due)
         else:
             due.update(q for q, v in self._queues.items() if v is not None and q.scope in scopes)
             for scope in sorted(scopes):
                 yield from self._stored_queues(scope.encode() + b"/", exclude=due)
         yield from due
+
+    def _full_pass_slice(self, size: int, exclude: set[QueueId]) -> Iterator[QueueId]:
+        prefix = self._p + b"q"
+        for looked_at, key in enumerate(self._scan(self._full_pass_from or prefix, prefix)):
+            if looked_at == size:
+                self._full_pass_from = key
+                return
+            queue_id = QueueId.parse(key[3:].decode())
+            if queue_id not in exclude:
+                queue = self.queue_or_none(queue_id)
+                if queue is not None and queue.queued:
+                    yield queue_id
+        self.full_pump_needed = False
 
     def _stored_queues(self, under: bytes, exclude: set[QueueId]) -> Iterator[QueueId]:
         prefix = self._p + b"q" + under
@@ -580,7 +611,7 @@ class PartitionState:
         self._floors.clear()
         self._touched_queues = set()
         self._scopes_to_pump.clear()
-        self.full_pump_needed = True
+        self.full_pump_needed = True  # the slice this batch pumped is undone too
 
     def _clear_batch(self) -> None:
         self._invocations.clear()
