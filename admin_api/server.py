@@ -21,7 +21,8 @@ from fastapi import FastAPI
 
 from admin_api.app import create_app
 from pipeline.codec.records import WireCodec
-from pipeline.errors import PipelineError, ValidationError
+from pipeline.errors import PipelineError
+from pipeline.kafka.access import check_access
 from pipeline.runtime.commands import InvocationCommandProducer
 from pipeline.runtime.limit_rules import LimitRuleStore, LimitRuleWriter
 from pipeline.runtime.views import LimitRulesView, SchedulerStateView, ServiceCatalogView
@@ -116,20 +117,16 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 def _start_adapters(settings: Settings, catch_up_timeout_s: float) -> _Adapters:
-    bootstrap = settings.kafka_bootstrap_servers
-    if not bootstrap:
-        raise ValidationError(
-            "kafka_bootstrap_servers is empty: set KAFKA_BOOTSTRAP_SERVERS "
-            "(`pipeline kafka start` prints the address of the local broker)"
-        )
+    cluster = settings.cluster.as_role("admin")
+    check_access(cluster)
     names, codec = settings.topic_names, WireCodec()
-    state = SchedulerStateView(bootstrap, names, codec)
-    services = ServiceCatalogView(bootstrap, names, codec)
-    rules = LimitRulesView(bootstrap, names, codec)
+    state = SchedulerStateView(cluster, names, codec)
+    services = ServiceCatalogView(cluster, names, codec)
+    rules = LimitRulesView(cluster, names, codec)
     with contextlib.ExitStack() as undo_on_failure:
-        commands = InvocationCommandProducer(bootstrap, names, settings.runtime_partitions, codec)
+        commands = InvocationCommandProducer(cluster, names, settings.runtime_partitions, codec)
         undo_on_failure.callback(commands.close)
-        rule_writer = LimitRuleWriter(bootstrap, names.limits, codec)
+        rule_writer = LimitRuleWriter(cluster, names.limits, codec)
         undo_on_failure.callback(rule_writer.close)
         state.start()
         undo_on_failure.callback(state.stop)

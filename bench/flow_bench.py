@@ -38,6 +38,7 @@ from pipeline.codec.records import WireCodec
 from pipeline.core.deployment import DeploymentLimit
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put, put_deployment_limit
 from pipeline.core.model import InvocationRequest
+from pipeline.kafka.config import ClusterConfig
 from pipeline.runtime.limit_rules import LimitRuleWriter
 from pipeline.settings import Settings
 
@@ -135,7 +136,9 @@ def main() -> None:
                     rate_per_s=1e6,
                     burst=1_000_000,
                 )
-                writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
+                writer = LimitRuleWriter(
+                    ClusterConfig(bootstrap), settings.topic_names.limits, WireCodec()
+                )
                 writer.write(put(RuleSet(), [rule], expected_version=0))
                 writer.close()
                 time.sleep(2)  # the scheduler polls the rules between batches
@@ -156,7 +159,9 @@ def main() -> None:
                     "acme-total", RulePattern.parse("acme"), concurrency=args.scope_concurrency
                 )
                 with_budget = put(put(RuleSet(), [rule], expected_version=0), [budget], 1)
-                writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
+                writer = LimitRuleWriter(
+                    ClusterConfig(bootstrap), settings.topic_names.limits, WireCodec()
+                )
                 writer.write(with_budget)
                 time.sleep(2)
                 budgeted = run_load(client, watcher, scoped(client, args.invocations, args.keys))

@@ -31,6 +31,7 @@ from bench.pipeline_bench import ResultWatcher
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put
+from pipeline.kafka.config import ClusterConfig
 from pipeline.runtime.limit_rules import LimitRuleWriter
 from pipeline.runtime.worker import Worker
 from pipeline.settings import Settings
@@ -87,7 +88,7 @@ def main() -> None:
             LimitRule("hold-all", RulePattern.parse("*"), paused=True),
             LimitRule("probe", RulePattern.parse("probe/*")),
         ]
-        writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
+        writer = LimitRuleWriter(ClusterConfig(bootstrap), settings.topic_names.limits, WireCodec())
         writer.write(put(RuleSet(), rules, expected_version=0))
         writer.close()
         scheduler = start_process(settings, "queues-bench", "scheduler")
@@ -124,7 +125,9 @@ def main() -> None:
                 watcher.start()
                 changed = time.perf_counter()
                 unpause_t0 = LimitRule("t0", RulePattern.parse("t0/*"))
-                writer = LimitRuleWriter(bootstrap, settings.topic_names.limits, WireCodec())
+                writer = LimitRuleWriter(
+                    ClusterConfig(bootstrap), settings.topic_names.limits, WireCodec()
+                )
                 writer.write(put(RuleSet(1, tuple(rules)), [unpause_t0], expected_version=1))
                 writer.close()
                 last = watcher.wait_for(scope_t0, timeout_s=600)

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from pipeline.kafka.config import ClusterConfig, Role
 from pipeline.localkafka.cli import BOOTSTRAP_ENV, add_kafka_commands, default_data_dir
 from pipeline.settings import Settings
 
@@ -213,6 +214,16 @@ def load_settings() -> Settings:
     return settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
 
 
+def _cluster(settings: Settings, role: Role = "cli") -> ClusterConfig:
+    """The cluster as `role` sees it, once it let this process in (a wrong password
+    fails here with a message, not later with a hang)."""
+    from pipeline.kafka.access import check_access
+
+    cluster = settings.cluster.as_role(role)
+    check_access(cluster)
+    return cluster
+
+
 def load_services(specs: list[str] | None) -> list[Any]:
     from pipeline.errors import ValidationError
     from pipeline.sdk import Service
@@ -239,7 +250,7 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
     from topics.provision import provision
 
     settings = load_settings()
-    created = provision(settings.kafka_bootstrap_servers, settings.catalogue)
+    created = provision(_cluster(settings, "topics").client({}), settings.catalogue)
     for spec in settings.catalogue.specs():
         print(f"{'created' if spec.name in created else 'exists '} {spec.name}")
     return 0
@@ -295,7 +306,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             bootstrap = broker.start()
             stack.callback(broker.stop)
             settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-        provision(settings.kafka_bootstrap_servers, settings.catalogue)
+        provision(_cluster(settings, "topics").client({}), settings.catalogue)
         _print_banner(settings, services)
         asyncio.run(_run_processes(settings, services))
     return 0
@@ -362,7 +373,7 @@ def _cmd_invocations_resume(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     producer = InvocationCommandProducer(
-        settings.kafka_bootstrap_servers,
+        _cluster(settings),
         settings.topic_names,
         settings.runtime_partitions,
         WireCodec(),
@@ -381,9 +392,7 @@ def _cmd_limits_get(args: argparse.Namespace) -> int:
     from pipeline.runtime.limit_rules import LimitRuleReader
 
     settings = load_settings()
-    reader = LimitRuleReader(
-        settings.kafka_bootstrap_servers, settings.topic_names.limits, WireCodec()
-    )
+    reader = LimitRuleReader(_cluster(settings), settings.topic_names.limits, WireCodec())
     try:
         reader.catch_up(_LIMITS_CATCH_UP_S)
     finally:
@@ -413,15 +422,11 @@ def _change_limits(change: Any) -> Any:
     from pipeline.runtime.limit_rules import LimitRuleReader, LimitRuleStore, LimitRuleWriter
 
     settings = load_settings()
-    bootstrap, topic, codec = (
-        settings.kafka_bootstrap_servers,
-        settings.topic_names.limits,
-        WireCodec(),
-    )
+    cluster, topic, codec = _cluster(settings), settings.topic_names.limits, WireCodec()
     with ExitStack() as stack:
-        reader = LimitRuleReader(bootstrap, topic, codec)
+        reader = LimitRuleReader(cluster, topic, codec)
         stack.callback(reader.close)
-        writer = LimitRuleWriter(bootstrap, topic, codec)
+        writer = LimitRuleWriter(cluster, topic, codec)
         stack.callback(writer.close)
         reader.catch_up(_LIMITS_CATCH_UP_S)
         updated = change(reader.ruleset())
@@ -527,8 +532,9 @@ def _read_scheduler_state(
     from pipeline.runtime.views import SchedulerStateView
 
     codec = WireCodec()
-    view = SchedulerStateView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
-    reader = LimitRuleReader(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    cluster = _cluster(settings)
+    view = SchedulerStateView(cluster, settings.topic_names, codec)
+    reader = LimitRuleReader(cluster, settings.topic_names.limits, codec)
     try:
         view.start()
         reader.catch_up(_LIMITS_CATCH_UP_S)
@@ -598,6 +604,7 @@ async def _run_processes(
     settings: Settings, services: list[Any], *, scheduler: bool = True, admin_api: bool = True
 ) -> None:
     """Run the chosen processes until SIGINT/SIGTERM; stop them all if one fails."""
+    from pipeline.errors import ValidationError
     from pipeline.runtime.tracing import tracer_provider_from_settings
     from pipeline.runtime.worker import Worker
 
@@ -627,12 +634,15 @@ async def _run_processes(
         for task in done:
             if task is not waiter and task.exception() is not None:
                 failure = task.exception()
-                log.error("a process failed; stopping the others", exc_info=failure)
+                if not isinstance(failure, ValidationError):
+                    log.error("a process failed; stopping the others", exc_info=failure)
     finally:
         stop.set()
         scheduler_stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         tracer_provider.shutdown()
+    if isinstance(failure, ValidationError):
+        raise failure  # a setting to fix (a wrong password): said once, plainly, by `main`
     if failure is not None:
         # A non-zero exit, so that a supervisor (systemd, Kubernetes) restarts us.
         raise SystemExit(1)

@@ -27,6 +27,7 @@ from pipeline.core.model import (
 from pipeline.core.partitioning import partition_for
 from pipeline.core.payload import request_too_large
 from pipeline.errors import RetryableError, TerminalError, ValidationError
+from pipeline.kafka.access import check_access
 from pipeline.runtime.tracing import inject_headers
 from pipeline.sdk.serde import JsonSerde, Serde
 from pipeline.settings import Settings
@@ -52,13 +53,11 @@ class Client:
         self._names = settings.topic_names
         self._codec = codec or WireCodec()
         self._serde: Serde[Any] = JsonSerde()
+        self._cluster = settings.cluster.as_role("client")
+        # A wrong password fails here, with a message, rather than as sends that hang.
+        check_access(self._cluster)
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 0,
-            }
+            self._cluster.client({"enable.idempotence": True, "acks": "all", "linger.ms": 0})
         )
 
     # -- sending ---------------------------------------------------------------------
@@ -228,13 +227,14 @@ class Client:
 
     def _results_consumer(self, partitions: list[TopicPartition]) -> Consumer:
         consumer = Consumer(
-            {
-                "bootstrap.servers": self._settings.kafka_bootstrap_servers,
-                "group.id": self._names.group("client"),
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 10,
-            }
+            self._cluster.client(
+                {
+                    "group.id": self._names.group("client"),
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 10,
+                }
+            )
         )
         if partitions:
             consumer.assign(partitions)

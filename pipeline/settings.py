@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.core.membership import KAFKA_DEFAULT_MIN_SESSION_TIMEOUT_MS
 from pipeline.core.payload import KIB, PayloadLimits
+from pipeline.errors import ValidationError
+from pipeline.kafka.config import ClusterConfig, Role, parse_properties, properties_from_environment
 from topics import TopicCatalogue, TopicNames
 
 
@@ -23,6 +26,16 @@ class Settings(BaseSettings):
         ),
         description="Empty means: use the local broker that `pipeline kafka start` runs.",
     )
+    kafka_properties_file: Path | None = Field(
+        default=None,
+        description="A properties file (kcat's and Kafka's tools' format: name=value "
+        "lines) of librdkafka properties for every client: security.protocol, sasl.*, "
+        "ssl.*, tuning. PIPELINE_KAFKA_<NAME> variables (dots as underscores) override "
+        "it, and PIPELINE_KAFKA_<ROLE>__<NAME> for one role (scheduler, worker, admin, "
+        "client, cli, topics).",
+    )
+    kafka_properties: dict[str, SecretStr] = Field(default_factory=dict)
+    kafka_role_properties: dict[Role, dict[str, SecretStr]] = Field(default_factory=dict)
     topic_prefix: str = "pipeline."
     runtime_partitions: int = Field(default=8, ge=1)
     results_partitions: int = Field(default=8, ge=1)
@@ -117,6 +130,45 @@ class Settings(BaseSettings):
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kafka_properties_from_file_and_environment(cls, data: Any) -> Any:
+        """The file first, then what was passed in, then the environment's variables."""
+        if not isinstance(data, dict):
+            return data
+        common: dict[str, Any] = {}
+        path = data.get("kafka_properties_file")
+        if path:
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ValueError(f"kafka_properties_file {str(path)!r}: {exc.strerror}") from None
+            common.update(parse_properties(text, str(path)))
+        common.update(data.get("kafka_properties") or {})
+        from_env, per_role = properties_from_environment(os.environ)
+        common.update(from_env)
+        roles: dict[str, dict[str, Any]] = {
+            role: dict(values) for role, values in (data.get("kafka_role_properties") or {}).items()
+        }
+        for role, values in per_role.items():
+            roles.setdefault(role, {}).update(values)
+        return {**data, "kafka_properties": common, "kafka_role_properties": roles}
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        """The cluster every Kafka client of this process is made for."""
+        return ClusterConfig(
+            self.kafka_bootstrap_servers, self.kafka_properties, self.kafka_role_properties
+        )
+
+    @model_validator(mode="after")
+    def _cluster_is_usable(self) -> Settings:
+        try:
+            self.cluster  # noqa: B018 - refuses properties the project owns
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
     @model_validator(mode="after")
     def _heartbeats_fit_lease(self) -> Settings:
         if self.heartbeat_timeout_ms < self.lease_margin_ms + 300:
@@ -153,7 +205,7 @@ class Settings(BaseSettings):
 
     def membership(self, role: str) -> dict[str, str | int]:
         """Consumer-group membership settings of a process of `role`."""
-        # Unset and not read from the cluster (see `with_session_timeout`): a session
+        # Unset and not read from the cluster (see `joined_cluster`): a session
         # every cluster accepts.
         session = self.session_timeout_ms or KAFKA_DEFAULT_MIN_SESSION_TIMEOUT_MS
         config: dict[str, str | int] = {

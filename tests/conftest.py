@@ -10,7 +10,8 @@ import pytest
 from hypothesis import settings
 
 from pipeline.localkafka.broker import BrokerConfig, LocalBroker
-from pipeline.localkafka.cluster import ClusterConfig, LocalCluster
+from pipeline.localkafka.cluster import LocalCluster, LocalClusterConfig
+from tests.support.secured_broker import SecuredBroker, secured_broker
 
 # Per-example deadlines measure the machine, not the code: on 2 busy cores (a broker,
 # processors and tests at once) a slow example says nothing about correctness.
@@ -47,7 +48,7 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     takes a broker down calls `heal()` when done, so the next test gets all three.
     A cluster that fails to start raises here: the tests using it error, never skip.
     """
-    cluster = LocalCluster(ClusterConfig(data_dir=tmp_path_factory.mktemp("kafka-cluster")))
+    cluster = LocalCluster(LocalClusterConfig(data_dir=tmp_path_factory.mktemp("kafka-cluster")))
     cluster.start()
     try:
         yield cluster
@@ -71,3 +72,11 @@ def scheduler_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 def topic_prefix() -> str:
     """A per-test topic name prefix, so tests sharing the broker never collide."""
     return f"t{uuid.uuid4().hex[:8]}."
+
+
+@pytest.fixture(scope="session")
+def kafka_secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBroker]:
+    """A local broker whose clients must log in (SASL PLAIN or SCRAM-SHA-512); like
+    `kafka_bootstrap`, it fails rather than skips when it cannot start."""
+    with secured_broker(tmp_path_factory.mktemp("kafka-secured")) as broker:
+        yield broker

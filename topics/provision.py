@@ -26,9 +26,16 @@ class TopicMismatch(Exception):
     """An existing topic disagrees with the catalogue; the message says how."""
 
 
-def provision(bootstrap: str, catalogue: TopicCatalogue, timeout_s: float = 30.0) -> list[str]:
+def provision(
+    cluster: str | Mapping[str, str | int | float | bool],
+    catalogue: TopicCatalogue,
+    timeout_s: float = 30.0,
+) -> list[str]:
     """Create missing topics; return the names created. Raises TopicMismatch."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # A bootstrap address, or a whole client configuration (security and all).
+    admin = AdminClient(
+        {"bootstrap.servers": cluster} if isinstance(cluster, str) else dict(cluster)
+    )
     specs = catalogue.specs()
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [s for s in specs if s.name not in existing]

@@ -116,9 +116,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 def _start_cluster(data_dir: Path, port: int, brokers: int) -> int:
     from pipeline.localkafka.broker import BrokerError
-    from pipeline.localkafka.cluster import ClusterConfig, LocalCluster
+    from pipeline.localkafka.cluster import LocalCluster, LocalClusterConfig
 
-    cluster = LocalCluster(ClusterConfig(data_dir=data_dir, brokers=brokers, port=port))
+    cluster = LocalCluster(LocalClusterConfig(data_dir=data_dir, brokers=brokers, port=port))
     try:
         bootstrap = cluster.start(detach=True)
     except (BrokerError, JarsError) as exc:

@@ -130,7 +130,7 @@ def read_layout(cluster_dir: Path) -> ClusterLayout | None:
 
 
 @dataclass(frozen=True)
-class ClusterConfig:
+class LocalClusterConfig:
     data_dir: Path
     brokers: int = 3
     # Client port of node 1; node i listens on port + i - 1. None: free ports. Either
@@ -152,7 +152,7 @@ class LocalCluster:
     Nodes are numbered 1..brokers, which are also their Kafka broker ids.
     """
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: LocalClusterConfig) -> None:
         if config.brokers < 1:
             raise ValueError("a cluster needs at least one broker")
         self.config = config

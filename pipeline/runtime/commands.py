@@ -15,6 +15,7 @@ from pipeline.core.model import ResumeInvocation
 from pipeline.core.partitioning import partition_for
 from pipeline.core.state import Invocation
 from pipeline.errors import ValidationError
+from pipeline.kafka.config import ClusterConfig
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.confirmed_send import DEFAULT_ACK_TIMEOUT_S, ConfirmedProducer
 from topics import TopicNames
@@ -30,7 +31,7 @@ class InvocationCommandProducer:
 
     def __init__(
         self,
-        bootstrap: str,
+        cluster: ClusterConfig,
         names: TopicNames,
         runtime_partitions: int,
         codec: WireCodec,
@@ -45,7 +46,7 @@ class InvocationCommandProducer:
         self._codec = codec
         self._clock = clock
         self._producer = ConfirmedProducer(
-            bootstrap, "pipeline-commands", ack_timeout_s=ack_timeout_s
+            cluster, "pipeline-commands", ack_timeout_s=ack_timeout_s
         )
 
     def resume(self, invocation: Invocation) -> None:

@@ -7,7 +7,8 @@ import threading
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from pipeline.errors import RetryableError, ValidationError
+from pipeline.errors import RetryableError
+from pipeline.kafka.config import ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,24 +23,24 @@ class ConfirmedProducer:
     """
 
     def __init__(
-        self, bootstrap: str, client_id: str, *, ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S
+        self,
+        cluster: ClusterConfig,
+        client_id: str,
+        *,
+        ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
     ) -> None:
-        if not bootstrap:
-            raise ValidationError(
-                "kafka_bootstrap_servers is empty: set KAFKA_BOOTSTRAP_SERVERS "
-                "(`pipeline kafka start` prints the address of the local broker)"
-            )
         self._ack_timeout_s = ack_timeout_s
         self._closed = False
         self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                # A retried send must neither land twice nor behind a later record.
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 0,
-                "client.id": client_id,
-            }
+            cluster.client(
+                {
+                    # A retried send must neither land twice nor behind a later record.
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 0,
+                    "client.id": client_id,
+                }
+            )
         )
 
     def send(

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline.runtime.kafka_clients import ClientConfig
+from pipeline.kafka.config import ClientConfig
 
 log = logging.getLogger(__name__)
 

@@ -21,45 +21,29 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from pipeline.core.membership import session_timeout_ms
-from pipeline.errors import RetryableError, ValidationError
+from pipeline.errors import RetryableError
+from pipeline.kafka.access import check_access
+from pipeline.kafka.config import ClientConfig, ClusterConfig, Role
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
-
-ClientConfig = dict[str, str | int | float | bool]
-
-
-def _bootstrap(settings: Settings) -> str:
-    if not settings.kafka_bootstrap_servers:
-        raise ValidationError(
-            "kafka_bootstrap_servers is empty: set KAFKA_BOOTSTRAP_SERVERS, or let the "
-            "composition root fill it in from the local broker (`pipeline kafka start`)"
-        )
-    return settings.kafka_bootstrap_servers
 
 
 _CLUSTER_CONFIG_TIMEOUT_S = 5.0
 
 
-def with_session_timeout(settings: Settings) -> Settings:
-    """`settings` with the consumer-group session chosen for this cluster, unless set.
+def joined_cluster(settings: Settings, role: Role) -> Settings:
+    """Checks that the cluster lets a process of `role` in (`check_access`), and returns
+    `settings` with the consumer-group session chosen for this cluster, unless set.
 
     Asked of one broker once, when a process starts; a cluster that does not answer in
     time, or does not let us read its configuration, gets a session every cluster
     accepts."""
+    cluster = settings.cluster.as_role(role)
+    answered = check_access(cluster)
     if settings.session_timeout_ms is not None:
         return settings
-    floor = ceiling = None
-    try:
-        admin = AdminClient({"bootstrap.servers": _bootstrap(settings)})
-        brokers = admin.list_topics(timeout=_CLUSTER_CONFIG_TIMEOUT_S).brokers
-        resource = ConfigResource(ResourceType.BROKER, str(min(brokers)))
-        future = admin.describe_configs([resource])[resource]
-        entries = future.result(timeout=_CLUSTER_CONFIG_TIMEOUT_S)
-        floor = int(entries["group.min.session.timeout.ms"].value)
-        ceiling = int(entries["group.max.session.timeout.ms"].value)
-    except (KafkaException, KeyError, ValueError, TimeoutError) as exc:
-        log.warning("cluster's session limits not known (%s): assuming Kafka's defaults", exc)
+    floor, ceiling = _session_limits(cluster) if answered else (None, None)
     chosen = session_timeout_ms(floor, ceiling)
     log.info(
         "consumer-group session %d ms (the cluster accepts %s to %s ms)",
@@ -70,40 +54,59 @@ def with_session_timeout(settings: Settings) -> Settings:
     return settings.model_copy(update={"session_timeout_ms": chosen})
 
 
+def _session_limits(cluster: ClusterConfig) -> tuple[int | None, int | None]:
+    """The cluster's `group.min/max.session.timeout.ms`, as one broker states them."""
+    try:
+        admin = AdminClient(cluster.client({}))
+        brokers = admin.list_topics(timeout=_CLUSTER_CONFIG_TIMEOUT_S).brokers
+        resource = ConfigResource(ResourceType.BROKER, str(min(brokers)))
+        future = admin.describe_configs([resource])[resource]
+        entries = future.result(timeout=_CLUSTER_CONFIG_TIMEOUT_S)
+        return (
+            int(entries["group.min.session.timeout.ms"].value),
+            int(entries["group.max.session.timeout.ms"].value),
+        )
+    except (KafkaException, KeyError, ValueError, TimeoutError) as exc:
+        log.warning("cluster's session limits not known (%s): assuming Kafka's defaults", exc)
+        return None, None
+
+
 def worker_consumer_config(settings: Settings) -> ClientConfig:
     """Dispatch consumer of the worker group; offsets are committed by hand, before running."""
-    return {
-        "bootstrap.servers": _bootstrap(settings),
-        "group.id": settings.topic_names.group("workers"),
-        "isolation.level": "read_committed",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        # Caps how long the broker holds an empty fetch (default 500 ms), so that a
-        # dispatch the scheduler just committed is picked up within milliseconds even when
-        # no append wakes the fetch early: the end-to-end p50 target is 15 ms.
-        "fetch.wait.max.ms": 5,
-        "fetch.min.bytes": 1,
-        "client.id": "pipeline-worker",
-        "socket.nagle.disable": True,
-        # With an instance id, a restarted worker takes its partitions back at once
-        # instead of every worker waiting for the dead one's session to time out.
-        **settings.membership("worker"),
-    }
+    return settings.cluster.as_role("worker").client(
+        {
+            "group.id": settings.topic_names.group("workers"),
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Caps how long the broker holds an empty fetch (default 500 ms), so that a
+            # dispatch the scheduler just committed is picked up within milliseconds even when
+            # no append wakes the fetch early: the end-to-end p50 target is 15 ms.
+            "fetch.wait.max.ms": 5,
+            "fetch.min.bytes": 1,
+            "client.id": "pipeline-worker",
+            "socket.nagle.disable": True,
+            # With an instance id, a restarted worker takes its partitions back at once
+            # instead of every worker waiting for the dead one's session to time out.
+            **settings.membership("worker"),
+        }
+    )
 
 
 def journal_producer_config(settings: Settings) -> ClientConfig:
     """Idempotent producer: per partition, records land once and in the order sent."""
-    return {
-        "bootstrap.servers": _bootstrap(settings),
-        "enable.idempotence": True,
-        "acks": "all",
-        # Each `ctx.run` waits for its ack and an outcome ends an invocation's latency:
-        # send at once. Under load, records queued while a request is in flight batch anyway.
-        "linger.ms": 0,
-        "client.id": "pipeline-worker",
-        "socket.nagle.disable": True,
-    }
+    return settings.cluster.as_role("worker").client(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            # Each `ctx.run` waits for its ack and an outcome ends an invocation's latency:
+            # send at once. Under load, records queued while a request is in flight batch anyway.
+            "linger.ms": 0,
+            "client.id": "pipeline-worker",
+            "socket.nagle.disable": True,
+        }
+    )
 
 
 class DeliveryError(RetryableError):

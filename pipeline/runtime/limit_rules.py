@@ -31,6 +31,7 @@ from confluent_kafka import (
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import RuleSet
 from pipeline.errors import ConflictError, RetryableError, ValidationError
+from pipeline.kafka.config import ClusterConfig
 from pipeline.runtime.confirmed_send import DEFAULT_ACK_TIMEOUT_S, ConfirmedProducer
 
 log = logging.getLogger(__name__)
@@ -79,26 +80,27 @@ class LimitRuleReader:
     waiting; `catch_up` reads up to the end of the topic.
     """
 
-    def __init__(self, bootstrap: str, topic: str, codec: WireCodec) -> None:
+    def __init__(self, cluster: ClusterConfig, topic: str, codec: WireCodec) -> None:
         self._codec = codec
         self._topic = topic
         self._ruleset = RuleSet()
         self._position = 0
         self._caught_up = False
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                # Required by the client though the reader never joins the group: the
-                # partition is assigned by hand and no offset is ever committed.
-                "group.id": "pipeline.limits.unused",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "isolation.level": "read_committed",
-                # Tells the reader it reached the end even when the last offset is a
-                # transaction marker that no message carries.
-                "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-            }
+            cluster.client(
+                {
+                    # Required by the client though the reader never joins the group: the
+                    # partition is assigned by hand and no offset is ever committed.
+                    "group.id": "pipeline.limits.unused",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "isolation.level": "read_committed",
+                    # Tells the reader it reached the end even when the last offset is a
+                    # transaction marker that no message carries.
+                    "enable.partition.eof": True,
+                    "auto.offset.reset": "earliest",
+                }
+            )
         )
         self._partition = TopicPartition(topic, 0)
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -180,7 +182,7 @@ class LimitRuleWriter:
 
     def __init__(
         self,
-        bootstrap: str,
+        cluster: ClusterConfig,
         topic: str,
         codec: WireCodec,
         *,
@@ -188,9 +190,7 @@ class LimitRuleWriter:
     ) -> None:
         self._topic = topic
         self._codec = codec
-        self._producer = ConfirmedProducer(
-            bootstrap, "pipeline-limits", ack_timeout_s=ack_timeout_s
-        )
+        self._producer = ConfirmedProducer(cluster, "pipeline-limits", ack_timeout_s=ack_timeout_s)
 
     def write(self, ruleset: RuleSet) -> None:
         """Write `ruleset`; `RetryableError` when Kafka did not acknowledge it in time."""

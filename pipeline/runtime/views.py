@@ -34,6 +34,7 @@ from pipeline.core.limits import RuleSet
 from pipeline.core.model import ServiceDefinition
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import DecodeError, NotFoundError, RetryableError
+from pipeline.kafka.config import ClientConfig, ClusterConfig
 from pipeline.runtime.limit_rules import decode_record, newest
 from pipeline.runtime.scheduler.partition_state import (
     DEPLOYMENT_PREFIX,
@@ -55,28 +56,29 @@ _LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEAD
 _V = TypeVar("_V")
 
 
-def _consumer_config(bootstrap: str) -> dict[str, str | bool]:
-    return {
-        "bootstrap.servers": bootstrap,
-        # Required by the client even though the view never joins the group: partitions
-        # are assigned by hand and no offset is ever committed.
-        "group.id": "pipeline.views.unused",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        # The scheduler writes its changelog in transactions: an aborted batch is not state.
-        "isolation.level": "read_committed",
-        # End-of-partition events tell the view it reached the end even when the last
-        # offsets are transaction markers that no message carries.
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-    }
+def _consumer_config(cluster: ClusterConfig) -> ClientConfig:
+    return cluster.client(
+        {
+            # Required by the client even though the view never joins the group: partitions
+            # are assigned by hand and no offset is ever committed.
+            "group.id": "pipeline.views.unused",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            # The scheduler writes its changelog in transactions: an aborted batch is not state.
+            "isolation.level": "read_committed",
+            # End-of-partition events tell the view it reached the end even when the last
+            # offsets are transaction markers that no message carries.
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
 
 
 class _CompactedTopicView(ABC):
     """Reads one compacted topic into memory in a thread; subclasses fold the records."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, cluster: ClusterConfig, topic: str) -> None:
+        self._cluster = cluster
         self._topic = topic
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -99,7 +101,7 @@ class _CompactedTopicView(ABC):
         """
         if self._thread is not None or self._stopping.is_set():
             raise RuntimeError(f"view of {self._topic!r} was started before: create a new one")
-        consumer = Consumer(_consumer_config(self._bootstrap))
+        consumer = Consumer(_consumer_config(self._cluster))
         try:
             partitions = self._partitions(consumer)
             self._targets = self._end_offsets(consumer, partitions)
@@ -139,13 +141,14 @@ class _CompactedTopicView(ABC):
             metadata = consumer.list_topics(self._topic, timeout=_METADATA_TIMEOUT_S)
         except KafkaException as exc:
             raise RetryableError(
-                f"cannot read metadata of topic {self._topic!r} from {self._bootstrap}: {exc}; "
+                f"cannot read metadata of topic {self._topic!r} from "
+                f"{self._cluster.describe()}: {exc}; "
                 "check that the broker is running and the bootstrap address is right"
             ) from exc
         topic = metadata.topics.get(self._topic)
         if topic is None or topic.error is not None or not topic.partitions:
             raise NotFoundError(
-                f"topic {self._topic!r} does not exist on {self._bootstrap}: create the "
+                f"topic {self._topic!r} does not exist on {self._cluster.describe()}: create the "
                 "topic catalogue first (and check the topic prefix)"
             )
         return sorted(topic.partitions)
@@ -168,7 +171,8 @@ class _CompactedTopicView(ABC):
                         time.sleep(0.1)
                         continue
                     raise RetryableError(
-                        f"cannot read end offsets of {self._topic!r} from {self._bootstrap}: {exc}"
+                        f"cannot read end offsets of {self._topic!r} from "
+                        f"{self._cluster.describe()}: {exc}"
                     ) from exc
             # An empty partition (high == low) has nothing to wait for.
             targets[partition] = high if high > low else 0
@@ -254,8 +258,8 @@ def _where(partition: int, offset: int) -> str:
 class SchedulerStateView(_CompactedTopicView):
     """Invocations and virtual queues as the scheduler's changelog last recorded them."""
 
-    def __init__(self, bootstrap: str, names: TopicNames, codec: WireCodec) -> None:
-        super().__init__(bootstrap, names.scheduler_state)
+    def __init__(self, cluster: ClusterConfig, names: TopicNames, codec: WireCodec) -> None:
+        super().__init__(cluster, names.scheduler_state)
         self._codec = codec
         self._invocations: dict[str, Invocation] = {}
         self._queues: dict[str, VirtualQueue] = {}
@@ -308,8 +312,8 @@ class SchedulerStateView(_CompactedTopicView):
 class ServiceCatalogView(_CompactedTopicView):
     """Service definitions as worker deployments last announced them."""
 
-    def __init__(self, bootstrap: str, names: TopicNames, codec: WireCodec) -> None:
-        super().__init__(bootstrap, names.services)
+    def __init__(self, cluster: ClusterConfig, names: TopicNames, codec: WireCodec) -> None:
+        super().__init__(cluster, names.services)
         self._codec = codec
         self._services: dict[str, ServiceDefinition] = {}
 
@@ -334,8 +338,8 @@ class LimitRulesView(_CompactedTopicView):
     write at once; the record, when it comes back, is not newer and changes nothing.
     """
 
-    def __init__(self, bootstrap: str, names: TopicNames, codec: WireCodec) -> None:
-        super().__init__(bootstrap, names.limits)
+    def __init__(self, cluster: ClusterConfig, names: TopicNames, codec: WireCodec) -> None:
+        super().__init__(cluster, names.limits)
         self._codec = codec
         self._ruleset = RuleSet()
 

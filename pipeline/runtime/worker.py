@@ -38,8 +38,8 @@ from pipeline.runtime.dispatch_consumer import DispatchConsumer, position
 from pipeline.runtime.invoker import Invoker
 from pipeline.runtime.kafka_clients import (
     AsyncProducer,
+    joined_cluster,
     journal_producer_config,
-    with_session_timeout,
     worker_consumer_config,
 )
 from pipeline.runtime.tracing import tracer_provider_from_settings
@@ -121,7 +121,7 @@ class Worker:
         A worker runs once: a tracer provider it built itself is shut down at the end.
         """
         loop = asyncio.get_running_loop()
-        self._settings = await loop.run_in_executor(None, with_session_timeout, self._settings)
+        self._settings = await loop.run_in_executor(None, joined_cluster, self._settings, "worker")
         producer = self._producer = self._new_producer()
         consumer = DispatchConsumer(worker_consumer_config(self._settings), self._topics.dispatch)
         invoker = Invoker(

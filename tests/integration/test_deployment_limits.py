@@ -22,6 +22,7 @@ from pipeline.core.deployment import DeploymentLimit
 from pipeline.core.introspection import queue_report
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.limits import delete_deployment_limit, put_deployment_limit
+from pipeline.kafka.config import ClusterConfig
 from pipeline.runtime.limit_rules import LimitRuleReader, LimitRuleWriter
 from pipeline.runtime.views import SchedulerStateView
 from pipeline.settings import Settings
@@ -72,8 +73,8 @@ def settings(kafka_bootstrap: str, topic_prefix: str) -> Iterator[Settings]:
 
 def change_limits(settings: Settings, change: object) -> None:
     codec = WireCodec()
-    reader = LimitRuleReader(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
-    writer = LimitRuleWriter(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    reader = LimitRuleReader(settings.cluster, settings.topic_names.limits, codec)
+    writer = LimitRuleWriter(settings.cluster, settings.topic_names.limits, codec)
     try:
         reader.catch_up(30)
         writer.write(change(reader.ruleset()))  # type: ignore[operator]
@@ -129,7 +130,7 @@ def test_lifting_the_cap_starts_what_awaits_it_and_no_unit_is_lost(
 ) -> None:
     cap(settings, 0)  # hold everything: the pool is drained
     time.sleep(1)
-    view = SchedulerStateView(settings.kafka_bootstrap_servers, settings.topic_names, WireCodec())
+    view = SchedulerStateView(settings.cluster, settings.topic_names, WireCodec())
     view.start()
     try:
         with Client(settings) as client:
@@ -172,7 +173,7 @@ def test_scheduler_kill_9_keeps_the_cap_and_loses_no_unit(
     provision(kafka_bootstrap, settings.catalogue)
     register(settings, [pool])
     cap(settings, 5)
-    view = SchedulerStateView(kafka_bootstrap, settings.topic_names, WireCodec())
+    view = SchedulerStateView(ClusterConfig(kafka_bootstrap), settings.topic_names, WireCodec())
     try:
         with (
             scheduler_process(settings, "deployment-crash", tmp_path / "s.log") as scheduler,

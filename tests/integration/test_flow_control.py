@@ -46,7 +46,7 @@ def settings(kafka_bootstrap: str, topic_prefix: str) -> Iterator[Settings]:
 
 def write_rules(settings: Settings, version: int, *rules: LimitRule) -> None:
     codec = WireCodec()
-    writer = LimitRuleWriter(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    writer = LimitRuleWriter(settings.cluster, settings.topic_names.limits, codec)
     try:
         writer.write(put(RuleSet(version=version), rules, expected_version=version))
     finally:

@@ -78,8 +78,9 @@ _JSON_HEADER = (b"content-type", b"application/json")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=30,
 )
 nesting = st.integers(1, 6_000).map(lambda depth: "[" * depth + "]" * depth)
@@ -112,8 +113,13 @@ def odd_json(draw: st.DrawFn) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         text = json.dumps(draw(json_values))
     else:
         text = json.dumps(
-            draw(st.dictionaries(st.sampled_from(["target", "id", "priority", "scope", "x"]),
-                                 json_values, max_size=4))
+            draw(
+                st.dictionaries(
+                    st.sampled_from(["target", "id", "priority", "scope", "x"]),
+                    json_values,
+                    max_size=4,
+                )
+            )
         )
     headers = [_JSON_HEADER, *draw(header_lists)]
     return text.encode(errors="surrogatepass"), headers
@@ -122,8 +128,10 @@ def odd_json(draw: st.DrawFn) -> tuple[bytes, list[tuple[bytes, bytes]]]:
 @st.composite
 def mutated_avro(draw: st.DrawFn) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     request = InvocationRequest(
-        f"avro-{draw(st.integers(0, 10**9))}", Target("Fuzz", "echo"),
-        json.dumps(draw(json_values)).encode(), created_at_ms=1,
+        f"avro-{draw(st.integers(0, 10**9))}",
+        Target("Fuzz", "echo"),
+        json.dumps(draw(json_values)).encode(),
+        created_at_ms=1,
     )
     data = bytearray(_CODEC.encode_request(request))
     for _ in range(draw(st.integers(0, 4))):
@@ -205,8 +213,11 @@ def _expectations(
                     continue
                 try:
                     decoded = _CODEC.decode_invocations_record(
-                        record.value or b"", headers=record.headers, topic=topic,
-                        partition=record.partition, offset=record.offset,
+                        record.value or b"",
+                        headers=record.headers,
+                        topic=topic,
+                        partition=record.partition,
+                        offset=record.offset,
                         timestamp_ms=record.timestamp_ms,
                     )
                 except DecodeError:

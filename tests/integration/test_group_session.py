@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.runtime.kafka_clients import with_session_timeout
+from pipeline.runtime.kafka_clients import joined_cluster
 from tests.support.runtime import runtime_settings
 
 
@@ -14,9 +14,9 @@ def test_an_unset_session_is_3_s_where_the_cluster_accepts_it(
     settings = runtime_settings(kafka_bootstrap, topic_prefix)
     assert settings.session_timeout_ms is None
     # The local broker accepts sessions from 1 s (`group.min.session.timeout.ms`).
-    assert with_session_timeout(settings).session_timeout_ms == 3_000
+    assert joined_cluster(settings, "scheduler").session_timeout_ms == 3_000
     chosen = runtime_settings(kafka_bootstrap, topic_prefix, session_timeout_ms=10_000)
-    assert with_session_timeout(chosen).session_timeout_ms == 10_000
+    assert joined_cluster(chosen, "scheduler").session_timeout_ms == 10_000
 
 
 def test_a_cluster_that_does_not_answer_gets_a_session_every_cluster_accepts(
@@ -24,5 +24,5 @@ def test_a_cluster_that_does_not_answer_gets_a_session_every_cluster_accepts(
 ) -> None:
     settings = runtime_settings("127.0.0.1:1", topic_prefix)
     started = time.monotonic()
-    assert with_session_timeout(settings).session_timeout_ms == 6_000
+    assert joined_cluster(settings, "scheduler").session_timeout_ms == 6_000
     assert time.monotonic() - started < 15

@@ -45,9 +45,7 @@ def gated_service(release: threading.Event) -> Service:
 
 
 def write_rules(settings: Settings, *rules: LimitRule) -> None:
-    writer = LimitRuleWriter(
-        settings.kafka_bootstrap_servers, settings.topic_names.limits, WireCodec()
-    )
+    writer = LimitRuleWriter(settings.cluster, settings.topic_names.limits, WireCodec())
     try:
         writer.write(put(RuleSet(), rules, expected_version=0))
     finally:
@@ -58,8 +56,8 @@ def write_rules(settings: Settings, *rules: LimitRule) -> None:
 def api(settings: Settings) -> Iterator[TestClient]:
     """The Admin API over the real views, as `admin_api.server` wires them."""
     codec = WireCodec()
-    state = SchedulerStateView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
-    rules = LimitRulesView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+    state = SchedulerStateView(settings.cluster, settings.topic_names, codec)
+    rules = LimitRulesView(settings.cluster, settings.topic_names, codec)
     state.start()
     rules.start()
     try:

@@ -47,8 +47,8 @@ def codec() -> WireCodec:
 @pytest.fixture
 def api(settings: Settings, codec: WireCodec) -> Iterator[TestClient]:
     """The Admin API over the real view and writer, as `admin_api.server` wires them."""
-    view = LimitRulesView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
-    writer = LimitRuleWriter(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    view = LimitRulesView(settings.cluster, settings.topic_names, codec)
+    writer = LimitRuleWriter(settings.cluster, settings.topic_names.limits, codec)
     view.start()
     try:
         assert view.wait_caught_up(TIMEOUT_S)
@@ -68,7 +68,7 @@ def api(settings: Settings, codec: WireCodec) -> Iterator[TestClient]:
 
 def read_rules(settings: Settings, codec: WireCodec) -> RuleSet:
     """What another process (a scheduler) reads from the beginning of the topic."""
-    reader = LimitRuleReader(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    reader = LimitRuleReader(settings.cluster, settings.topic_names.limits, codec)
     try:
         reader.catch_up(TIMEOUT_S)
         return reader.ruleset()
@@ -125,7 +125,7 @@ def test_a_stale_record_never_takes_rules_back(settings: Settings, codec: WireCo
 
     assert read_rules(settings, codec) == current
 
-    view = LimitRulesView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+    view = LimitRulesView(settings.cluster, settings.topic_names, codec)
     view.start()
     try:
         assert view.wait_caught_up(TIMEOUT_S)
@@ -135,8 +135,8 @@ def test_a_stale_record_never_takes_rules_back(settings: Settings, codec: WireCo
 
 
 def test_a_reader_polls_changes_as_they_come(settings: Settings, codec: WireCodec) -> None:
-    reader = LimitRuleReader(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
-    writer = LimitRuleWriter(settings.kafka_bootstrap_servers, settings.topic_names.limits, codec)
+    reader = LimitRuleReader(settings.cluster, settings.topic_names.limits, codec)
+    writer = LimitRuleWriter(settings.cluster, settings.topic_names.limits, codec)
     try:
         reader.catch_up(TIMEOUT_S)
         writer.write(RuleSet(1, (ACME,)))

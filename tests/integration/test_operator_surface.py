@@ -70,10 +70,10 @@ def test_admin_api_shows_an_invocation_from_the_changelog(settings: Settings) ->
         request = client.request("Greeter/greet", {"name": "Grace"})
         client.call(request.target, {"name": "Grace"}, invocation_id=request.id)
     codec = WireCodec()
-    state = SchedulerStateView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
-    catalog = ServiceCatalogView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+    state = SchedulerStateView(settings.cluster, settings.topic_names, codec)
+    catalog = ServiceCatalogView(settings.cluster, settings.topic_names, codec)
     commands = InvocationCommandProducer(
-        settings.kafka_bootstrap_servers, settings.topic_names, settings.runtime_partitions, codec
+        settings.cluster, settings.topic_names, settings.runtime_partitions, codec
     )
     state.start()
     catalog.start()

@@ -102,7 +102,10 @@ def _produce(settings: Settings, producer: Producer, partition: int, value: byte
         offsets.append(message.offset())  # type: ignore[attr-defined]
 
     producer.produce(
-        settings.topic_names.invocations, value, partition=partition, headers=JSON,
+        settings.topic_names.invocations,
+        value,
+        partition=partition,
+        headers=JSON,
         on_delivery=delivered,
     )
     producer.flush(30)
@@ -124,7 +127,10 @@ def test_poison_invocation_records_are_dead_lettered_or_failed(
             )
             if i == 20:  # a header name that is not UTF-8, on a valid request
                 produce_raw(
-                    settings.kafka_bootstrap_servers, invocations, 1, b"k",
+                    settings.kafka_bootstrap_servers,
+                    invocations,
+                    1,
+                    b"k",
                     _json("Poison/echo", 1, "bad-header"),
                     [(b"\xff\xfebad", b"v"), (b"content-type", b"application/json")],
                 )
@@ -157,9 +163,11 @@ def test_poison_invocation_records_are_dead_lettered_or_failed(
         def settled() -> bool:
             ids = {r.invocation_id for r in outcomes.results()}
             good = all(f"good-{i}" in ids for i in range(GOOD))
-            return good and {"large-output", "large-step"} <= ids and len(
-                outcomes.dead_letters()
-            ) >= len(expected_dead)
+            return (
+                good
+                and {"large-output", "large-step"} <= ids
+                and len(outcomes.dead_letters()) >= len(expected_dead)
+            )
 
         outcomes.wait_until(settled, 90, "every good result and every dead letter")
 
@@ -222,13 +230,19 @@ def test_poison_journal_records_fail_their_invocation_or_are_dead_lettered(
         def journal(invocation_id: str, value: bytes, headers: list[tuple[bytes, bytes]]) -> None:
             partition = partition_for(invocation_id, settings.runtime_partitions)
             produce_raw(
-                settings.kafka_bootstrap_servers, names.journal, partition,
-                invocation_id.encode(), value, headers,
+                settings.kafka_bootstrap_servers,
+                names.journal,
+                partition,
+                invocation_id.encode(),
+                value,
+                headers,
             )
 
         for i in range(GOOD):
             producer.produce(
-                names.invocations, _json("Poison/echo", i, f"good-{i}"), partition=i % 4,
+                names.invocations,
+                _json("Poison/echo", i, f"good-{i}"),
+                partition=i % 4,
                 headers=JSON,
             )
             if i == 50:
@@ -245,9 +259,11 @@ def test_poison_journal_records_fail_their_invocation_or_are_dead_lettered(
 
         def settled() -> bool:
             ids = {r.invocation_id for r in outcomes.results()}
-            return all(f"good-{i}" in ids for i in range(GOOD)) and {
-                "held-step", "held-output"
-            } <= ids and len(outcomes.dead_letters()) >= 2
+            return (
+                all(f"good-{i}" in ids for i in range(GOOD))
+                and {"held-step", "held-output"} <= ids
+                and len(outcomes.dead_letters()) >= 2
+            )
 
         outcomes.wait_until(settled, 90, "every good result and the poisoned attempts")
 
@@ -279,8 +295,12 @@ def test_poison_dispatch_records_are_dead_lettered_by_the_worker(
     with running_worker(settings, [service]):
         for partition, headers in ((0, [(b"\xff\xfebad", b"v")]), (1, [])):
             produce_raw(
-                settings.kafka_bootstrap_servers, names.dispatch, partition, b"k",
-                b"\xc3\x01not a dispatch order", headers,
+                settings.kafka_bootstrap_servers,
+                names.dispatch,
+                partition,
+                b"k",
+                b"\xc3\x01not a dispatch order",
+                headers,
             )
         for i in range(20):
             producer.produce(names.invocations, _json("Poison/echo", i, f"after-{i}"), headers=JSON)
@@ -289,7 +309,8 @@ def test_poison_dispatch_records_are_dead_lettered_by_the_worker(
         def settled() -> bool:
             ids = {r.invocation_id for r in outcomes.results()}
             dispatch = [
-                d for d in outcomes.dead_letters()
+                d
+                for d in outcomes.dead_letters()
                 if d.headers.get("dlq.topic") == names.dispatch.encode()
             ]
             return {f"after-{i}" for i in range(20)} <= ids and len(dispatch) >= 2

@@ -65,7 +65,7 @@ def settings(kafka_bootstrap: str, topic_prefix: str) -> Iterator[Settings]:
 
 @pytest.fixture
 def state_view(settings: Settings) -> Iterator[SchedulerStateView]:
-    view = SchedulerStateView(settings.kafka_bootstrap_servers, settings.topic_names, WireCodec())
+    view = SchedulerStateView(settings.cluster, settings.topic_names, WireCodec())
     view.start()
     try:
         assert view.wait_caught_up(TIMEOUT_S)
@@ -109,9 +109,9 @@ def test_admin_api_resumes_a_paused_invocation_to_completion(
 
         MAY_SUCCEED.set()
         codec = WireCodec()
-        catalog = ServiceCatalogView(settings.kafka_bootstrap_servers, settings.topic_names, codec)
+        catalog = ServiceCatalogView(settings.cluster, settings.topic_names, codec)
         commands = InvocationCommandProducer(
-            settings.kafka_bootstrap_servers,
+            settings.cluster,
             settings.topic_names,
             settings.runtime_partitions,
             codec,

@@ -27,6 +27,7 @@ from pipeline.core.model import (
 )
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import NotFoundError
+from pipeline.kafka.config import ClusterConfig
 from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
 from topics import TopicNames
 from topics.catalogue import COMPACTED
@@ -140,8 +141,8 @@ def test_views_show_committed_state_and_drop_tombstones(
         commit=False,
     )
 
-    state = SchedulerStateView(kafka_bootstrap, names, codec)
-    catalog = ServiceCatalogView(kafka_bootstrap, names, codec)
+    state = SchedulerStateView(ClusterConfig(kafka_bootstrap), names, codec)
+    catalog = ServiceCatalogView(ClusterConfig(kafka_bootstrap), names, codec)
     state.start()
     catalog.start()
     try:
@@ -177,7 +178,7 @@ def test_views_show_committed_state_and_drop_tombstones(
 def test_an_empty_topic_is_caught_up_at_once(
     kafka_bootstrap: str, names: TopicNames, codec: WireCodec
 ) -> None:
-    view = ServiceCatalogView(kafka_bootstrap, names, codec)
+    view = ServiceCatalogView(ClusterConfig(kafka_bootstrap), names, codec)
     view.start()
     try:
         assert view.wait_caught_up(TIMEOUT_S)
@@ -194,7 +195,7 @@ def test_an_open_transaction_does_not_hold_catching_up_back(
     producer.produce(names.services, key=b"Later", value=codec.encode_service(BILLING))
     producer.flush(TIMEOUT_S)
 
-    view = ServiceCatalogView(kafka_bootstrap, names, codec)
+    view = ServiceCatalogView(ClusterConfig(kafka_bootstrap), names, codec)
     view.start()
     try:
         assert view.wait_caught_up(TIMEOUT_S)
@@ -210,7 +211,7 @@ def test_a_missing_topic_is_named_in_the_error(
     kafka_bootstrap: str, topic_prefix: str, codec: WireCodec
 ) -> None:
     names = TopicNames(f"{topic_prefix}absent.")
-    view = SchedulerStateView(kafka_bootstrap, names, codec)
+    view = SchedulerStateView(ClusterConfig(kafka_bootstrap), names, codec)
 
     with pytest.raises(NotFoundError, match=names.scheduler_state):
         view.start()

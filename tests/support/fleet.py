@@ -8,7 +8,6 @@ was seen ran again.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -27,11 +26,12 @@ from pipeline.codec.records import WireCodec
 from pipeline.core.model import InvocationRequest, InvocationResult, ResultStatus
 from pipeline.settings import Settings
 from tests.support import crash_service
-from tests.support.runtime import register
+from tests.support.runtime import process_env, register
 
 _COMMANDS = {
     "scheduler": ["scheduler"],
     "worker": ["worker", "--service", "tests.support.crash_service:service"],
+    "admin-api": ["admin-api"],
 }
 
 
@@ -45,16 +45,7 @@ class Fleet:
         crash_log: Path,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self._env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
-            "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
-            "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
-            "PIPELINE_LEASE_TIMEOUT_MS": str(settings.lease_timeout_ms),
-            "CRASH_LOG": str(crash_log),
-            **(env or {}),
-        }
+        self._env = {**process_env(settings), "CRASH_LOG": str(crash_log), **(env or {})}
         self._log_dir = log_dir
         # Registered before any process starts: a scheduler that reads a request before
         # it has seen the worker's announcement fails it with HandlerNotFound.
@@ -147,12 +138,13 @@ def read_results(
     `on_result` sees each result as it is read."""
     codec = WireCodec()
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": f"{settings.topic_prefix}results-reader",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
+        settings.cluster.client(
+            {
+                "group.id": f"{settings.topic_prefix}results-reader",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            }
+        )
     )
     topic = settings.topic_names.results
     consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.results_partitions)])

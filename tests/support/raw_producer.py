@@ -29,7 +29,11 @@ def _librdkafka() -> ctypes.CDLL:
     lib = ctypes.CDLL(found[0])
     lib.rd_kafka_conf_new.restype = ctypes.c_void_p
     lib.rd_kafka_conf_set.argtypes = [
-        ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
     ]
     lib.rd_kafka_new.restype = ctypes.c_void_p
     lib.rd_kafka_new.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
@@ -67,13 +71,18 @@ class RawProducer:
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         args: list[object] = [
-            ctypes.c_int(_VTYPE_TOPIC), ctypes.c_char_p(topic.encode()),
-            ctypes.c_int(_VTYPE_PARTITION), ctypes.c_int32(partition),
-            ctypes.c_int(_VTYPE_MSGFLAGS), ctypes.c_int(_MSG_F_COPY),
+            ctypes.c_int(_VTYPE_TOPIC),
+            ctypes.c_char_p(topic.encode()),
+            ctypes.c_int(_VTYPE_PARTITION),
+            ctypes.c_int32(partition),
+            ctypes.c_int(_VTYPE_MSGFLAGS),
+            ctypes.c_int(_MSG_F_COPY),
         ]
         if value is not None:
             args += [
-                ctypes.c_int(_VTYPE_VALUE), ctypes.c_char_p(value), ctypes.c_size_t(len(value))
+                ctypes.c_int(_VTYPE_VALUE),
+                ctypes.c_char_p(value),
+                ctypes.c_size_t(len(value)),
             ]
         if key is not None:
             args += [ctypes.c_int(_VTYPE_KEY), ctypes.c_char_p(key), ctypes.c_size_t(len(key))]

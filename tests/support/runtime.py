@@ -23,6 +23,27 @@ from pipeline.settings import Settings
 from topics.provision import provision
 
 
+def process_env(settings: Settings) -> dict[str, str]:
+    """The environment of a `pipeline` process configured like `settings`, the cluster's
+    properties (credentials included) among it: its properties file, or its properties
+    as PIPELINE_KAFKA_* variables."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
+        "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
+        "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
+        "PIPELINE_LEASE_TIMEOUT_MS": str(settings.lease_timeout_ms),
+    }
+    if settings.kafka_properties_file is not None:
+        # The file is the source: the process reads it as the user's would.
+        env["PIPELINE_KAFKA_PROPERTIES_FILE"] = str(settings.kafka_properties_file)
+        return env
+    for name, value in settings.kafka_properties.items():
+        env["PIPELINE_KAFKA_" + name.upper().replace(".", "_")] = value.get_secret_value()
+    return env
+
+
 def runtime_settings(bootstrap: str, prefix: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "kafka_bootstrap_servers": bootstrap,
@@ -88,7 +109,7 @@ def running_scheduler(settings: Settings) -> Iterator[SchedulerProcessor]:
 def register(settings: Settings, services: Sequence[Service]) -> None:
     """Announce the services before anything runs, as a deployment step would."""
     codec = WireCodec()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    producer = Producer(settings.cluster.client({}))
     for service in services:
         definition = service.definition()
         producer.produce(
@@ -109,16 +130,9 @@ def running_pipeline(settings: Settings, services: Sequence[Service]) -> Iterato
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """`pipeline <args>` in a subprocess, configured like `settings`."""
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
-        "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
-        "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
-    }
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args],
-        env=env,
+        env=process_env(settings),
         capture_output=True,
         text=True,
         timeout=60,
@@ -130,14 +144,7 @@ class SchedulerProcess:
     """`pipeline scheduler` in a subprocess, configured like `settings`, to kill -9."""
 
     def __init__(self, settings: Settings, instance_id: str, log_path: Path) -> None:
-        self._env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "PIPELINE_TOPIC_PREFIX": settings.topic_prefix,
-            "PIPELINE_RUNTIME_PARTITIONS": str(settings.runtime_partitions),
-            "PIPELINE_RESULTS_PARTITIONS": str(settings.results_partitions),
-            "PIPELINE_INSTANCE_ID": instance_id,
-        }
+        self._env = {**process_env(settings), "PIPELINE_INSTANCE_ID": instance_id}
         self._log = log_path.open("ab")
         self._process = self._start()
 

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.codec.records import WireCodec
 from pipeline.errors import RetryableError, ValidationError
+from pipeline.kafka.config import ClusterConfig
 from pipeline.runtime.commands import InvocationCommandProducer
 from topics import TopicNames
 
@@ -16,7 +17,7 @@ UNREACHABLE = "127.0.0.1:1"
 
 def test_unacknowledged_resume_is_retryable_and_close_does_not_hang() -> None:
     producer = InvocationCommandProducer(
-        UNREACHABLE, TopicNames("t."), 4, WireCodec(), ack_timeout_s=0.3
+        ClusterConfig(UNREACHABLE), TopicNames("t."), 4, WireCodec(), ack_timeout_s=0.3
     )
 
     with pytest.raises(RetryableError, match=r"resume of 'inv-1' not acknowledged .* 0\.3 s"):
@@ -30,4 +31,4 @@ def test_unacknowledged_resume_is_retryable_and_close_does_not_hang() -> None:
 
 def test_empty_bootstrap_is_refused_with_what_to_set() -> None:
     with pytest.raises(ValidationError, match="KAFKA_BOOTSTRAP_SERVERS"):
-        InvocationCommandProducer("", TopicNames(), 4, WireCodec())
+        InvocationCommandProducer(ClusterConfig(""), TopicNames(), 4, WireCodec())

@@ -335,8 +335,9 @@ def test_a_step_over_the_journal_limit_raises_payload_too_large_and_journals_not
 
     journal = MemoryJournal()
     limits = PayloadLimits(max_journal_bytes=1_000, max_request_bytes=500)
-    ctx = Context(order(), journal, limits=limits, request_encoder=lambda r: b"r" * 600,
-                  clock_ms=lambda: 0)
+    ctx = Context(
+        order(), journal, limits=limits, request_encoder=lambda r: b"r" * 600, clock_ms=lambda: 0
+    )
 
     async def handler() -> None:
         await ctx.run("small", lambda: "a" * 100)
@@ -346,8 +347,13 @@ def test_a_step_over_the_journal_limit_raises_payload_too_large_and_journals_not
     run(handler())
     assert [e.name for e in journal.entries] == ["small"]
 
-    sender = Context(order(), MemoryJournal(), limits=limits,
-                     request_encoder=lambda r: b"r" * 600, clock_ms=lambda: 0)
+    sender = Context(
+        order(),
+        MemoryJournal(),
+        limits=limits,
+        request_encoder=lambda r: b"r" * 600,
+        clock_ms=lambda: 0,
+    )
 
     async def sends() -> None:
         with pytest.raises(PayloadTooLarge, match="max_request_bytes=500"):

@@ -9,9 +9,9 @@ import pytest
 from pipeline.localkafka.broker import BrokerError
 from pipeline.localkafka.cluster import (
     CLUSTER_FILE,
-    ClusterConfig,
     ClusterLayout,
     LocalCluster,
+    LocalClusterConfig,
     NodeLayout,
     cluster_properties,
 )
@@ -29,7 +29,7 @@ def test_layout_round_trips_and_names_every_voter() -> None:
 
 
 def test_a_new_plan_has_distinct_ports_and_a_kept_one_is_reused(tmp_path: Path) -> None:
-    cluster = LocalCluster(ClusterConfig(data_dir=tmp_path, brokers=3))
+    cluster = LocalCluster(LocalClusterConfig(data_dir=tmp_path, brokers=3))
     plan = cluster._plan(tmp_path)
     ports = [p for n in plan.nodes for p in (n.port, n.controller_port)]
     assert len(set(ports)) == 6
@@ -38,7 +38,7 @@ def test_a_new_plan_has_distinct_ports_and_a_kept_one_is_reused(tmp_path: Path) 
     (tmp_path / CLUSTER_FILE).write_text(plan.to_json(), encoding="utf-8")
     assert cluster._plan(tmp_path) == plan
     with pytest.raises(BrokerError, match="3-broker cluster"):
-        LocalCluster(ClusterConfig(data_dir=tmp_path, brokers=5))._plan(tmp_path)
+        LocalCluster(LocalClusterConfig(data_dir=tmp_path, brokers=5))._plan(tmp_path)
 
 
 def test_cluster_properties_replicate_three_ways() -> None:

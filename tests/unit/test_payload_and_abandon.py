@@ -48,7 +48,9 @@ from pipeline.errors import ValidationError
 from pipeline.settings import Settings
 
 LIMITS = PayloadLimits(
-    max_request_bytes=1_000, max_output_bytes=1_000, max_journal_bytes=2_000,
+    max_request_bytes=1_000,
+    max_output_bytes=1_000,
+    max_journal_bytes=2_000,
     max_failure_message_chars=100,
 )
 NOW = 1_000_000

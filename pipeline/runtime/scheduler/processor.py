@@ -90,9 +90,10 @@ from pipeline.core.scheduler import (
     refuse,
 )
 from pipeline.errors import DecodeError, RetryableError
+from pipeline.kafka.config import ClientConfig
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.consumed import ConsumedRecord, read_record
-from pipeline.runtime.kafka_clients import with_session_timeout
+from pipeline.runtime.kafka_clients import joined_cluster
 from pipeline.runtime.limit_rules import LimitRuleReader
 from pipeline.runtime.scheduler.capacity import CapacityExchange, deployment_key
 from pipeline.runtime.scheduler.outbox import ORIGIN_HEADER, Origin, Outbox
@@ -181,51 +182,54 @@ class SchedulerProcessor:
 
     # -- configuration ---------------------------------------------------------------
 
-    def _base_config(self) -> dict[str, object]:
-        return {"bootstrap.servers": self._settings.kafka_bootstrap_servers}
+    def _client(self, config: ClientConfig) -> ClientConfig:
+        return self._settings.cluster.as_role("scheduler").client(config)
 
-    def _consumer_config(self) -> dict[str, object]:
-        return {
-            **self._base_config(),
-            "group.id": self._names.group("scheduler"),
-            **self._settings.membership("scheduler"),
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-            # Range assigns partition p of both input topics to one member: the
-            # co-partitioning the per-partition state relies on.
-            "partition.assignment.strategy": "range",
-            "fetch.wait.max.ms": 10,
-            "socket.nagle.disable": True,
-        }
+    def _consumer_config(self) -> ClientConfig:
+        return self._client(
+            {
+                "group.id": self._names.group("scheduler"),
+                **self._settings.membership("scheduler"),
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                # Range assigns partition p of both input topics to one member: the
+                # co-partitioning the per-partition state relies on.
+                "partition.assignment.strategy": "range",
+                "fetch.wait.max.ms": 10,
+                "socket.nagle.disable": True,
+            }
+        )
 
-    def _side_consumer_config(self) -> dict[str, object]:
-        return {
-            **self._base_config(),
-            "group.id": self._names.group("scheduler-restore"),
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
+    def _side_consumer_config(self) -> ClientConfig:
+        return self._client(
+            {
+                "group.id": self._names.group("scheduler-restore"),
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
 
-    def _producer_config(self) -> dict[str, object]:
-        return {
-            **self._base_config(),
-            "transactional.id": f"{self._names.group('scheduler')}-{self._instance}",
-            # Bounds how long readers stall behind the open transaction of a process
-            # that died and is not restarted under the same instance id: the instance
-            # taking over its partitions reads them only once the broker aborted it.
-            "transaction.timeout.ms": _TRANSACTION_TIMEOUT_MS,
-            # A transaction begun right after the last one's commit gets
-            # CONCURRENT_TRANSACTIONS until the broker wrote the markers; the default
-            # 100 ms backoff before retrying would stall every busy batch.
-            "retry.backoff.ms": 5,
-            "retry.backoff.max.ms": 50,
-            "linger.ms": 1,
-            "batch.num.messages": 10_000,
-            "socket.nagle.disable": True,
-            # Room for the largest record the runtime writes: a dead-lettered copy.
-            "message.max.bytes": self._settings.catalogue.dead_letter_record_bytes + 65_536,
-        }
+    def _producer_config(self) -> ClientConfig:
+        return self._client(
+            {
+                "transactional.id": f"{self._names.group('scheduler')}-{self._instance}",
+                # Bounds how long readers stall behind the open transaction of a process
+                # that died and is not restarted under the same instance id: the instance
+                # taking over its partitions reads them only once the broker aborted it.
+                "transaction.timeout.ms": _TRANSACTION_TIMEOUT_MS,
+                # A transaction begun right after the last one's commit gets
+                # CONCURRENT_TRANSACTIONS until the broker wrote the markers; the default
+                # 100 ms backoff before retrying would stall every busy batch.
+                "retry.backoff.ms": 5,
+                "retry.backoff.max.ms": 50,
+                "linger.ms": 1,
+                "batch.num.messages": 10_000,
+                "socket.nagle.disable": True,
+                # Room for the largest record the runtime writes: a dead-lettered copy.
+                "message.max.bytes": self._settings.catalogue.dead_letter_record_bytes + 65_536,
+            }
+        )
 
     @property
     def partitions(self) -> frozenset[int]:
@@ -236,7 +240,7 @@ class SchedulerProcessor:
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
-        self._settings = with_session_timeout(self._settings)
+        self._settings = joined_cluster(self._settings, "scheduler")
         # Opened first: a second process with this instance id fails on its lock here,
         # before its producer could fence the first one's.
         self._state_store = StateStore(
@@ -269,7 +273,7 @@ class SchedulerProcessor:
         registry.catch_up(30)
         self._registry = registry
         rules = LimitRuleReader(
-            self._settings.kafka_bootstrap_servers, self._names.limits, self._codec
+            self._settings.cluster.as_role("scheduler"), self._names.limits, self._codec
         )
         rules.catch_up(30)
         if self._settings.standby_copies:

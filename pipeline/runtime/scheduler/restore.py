@@ -19,6 +19,7 @@ import logging
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline.codec.records import WireCodec
+from pipeline.kafka.config import ClientConfig
 from pipeline.runtime.scheduler.partition_state import LAYOUT, Checkpoint, PartitionState
 from pipeline.runtime.scheduler.state_store import StateStore
 
@@ -32,7 +33,7 @@ _RESTORE_COMMIT_EVERY = 5_000
 
 def restore(
     store: StateStore,
-    consumer_config: dict[str, object],
+    consumer_config: ClientConfig,
     changelog: str,
     partition: int,
     codec: WireCodec,
@@ -83,7 +84,7 @@ def restore(
 
 
 def _written_offsets(
-    consumer_config: dict[str, object], changelog: str, partition: int
+    consumer_config: ClientConfig, changelog: str, partition: int
 ) -> tuple[int, int]:
     """Low and high watermark of everything written, decided or not."""
     probe = Consumer({**consumer_config, "isolation.level": "read_uncommitted"})

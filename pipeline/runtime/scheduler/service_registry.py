@@ -10,12 +10,13 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from pipeline.codec.records import WireCodec
 from pipeline.core.model import HandlerDefinition, ServiceDefinition, Target
 from pipeline.errors import DecodeError
+from pipeline.kafka.config import ClientConfig
 
 log = logging.getLogger(__name__)
 
 
 class ServiceRegistry:
-    def __init__(self, consumer_config: dict[str, object], topic: str, codec: WireCodec) -> None:
+    def __init__(self, consumer_config: ClientConfig, topic: str, codec: WireCodec) -> None:
         self._codec = codec
         self._services: dict[str, ServiceDefinition] = {}
         self._consumer = Consumer(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline.codec.records import WireCodec
+from pipeline.kafka.config import ClientConfig
 from pipeline.runtime.scheduler.partition_state import LAYOUT, Checkpoint, PartitionState
 from pipeline.runtime.scheduler.state_store import StateStore
 
@@ -30,7 +31,7 @@ class StandbyCopies:
     def __init__(
         self,
         store: StateStore,
-        consumer_config: dict[str, object],
+        consumer_config: ClientConfig,
         changelog: str,
         partitions: int,
         codec: WireCodec,

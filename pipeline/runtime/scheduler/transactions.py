@@ -33,6 +33,7 @@ from typing import TypeVar
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from pipeline.errors import RetryableError
+from pipeline.kafka.config import ClientConfig
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,9 @@ class ProducerWedged(RetryableError):
 class Transactions:
     def __init__(
         self,
-        config: dict[str, object],
+        config: ClientConfig,
         stop: threading.Event | None = None,
-        new_producer: Callable[[dict[str, object]], Producer] = Producer,
+        new_producer: Callable[[ClientConfig], Producer] = Producer,
     ) -> None:
         self._config = config
         self._stop = stop
