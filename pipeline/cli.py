@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.kafka.config import ClusterConfig, Role
-from pipeline.localkafka.cli import BOOTSTRAP_ENV, add_kafka_commands, default_data_dir
+from pipeline.localkafka.cli import (
+    BOOTSTRAP_ENV,
+    DEFAULT_PORT,
+    add_kafka_commands,
+    default_data_dir,
+)
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline")
@@ -203,7 +208,8 @@ def load_settings() -> Settings:
         return settings
     from pipeline.localkafka.cluster import running_bootstrap
 
-    bootstrap = running_bootstrap(default_data_dir())
+    # The broker `pipeline kafka start` runs, else the one `pipeline dev` runs.
+    bootstrap = running_bootstrap(default_data_dir()) or running_bootstrap(_dev_data_dir())
     if bootstrap is None:
         from pipeline.errors import ValidationError
 
@@ -214,6 +220,10 @@ def load_settings() -> Settings:
     return settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
 
 
+def _dev_data_dir() -> Path:
+    return default_data_dir() / "dev"
+
+
 def _cluster(settings: Settings, role: Role = "cli") -> ClusterConfig:
     """The cluster as `role` sees it, once it let this process in (a wrong password
     fails here with a message, not later with a hang)."""
@@ -222,6 +232,18 @@ def _cluster(settings: Settings, role: Role = "cli") -> ClusterConfig:
     cluster = settings.cluster.as_role(role)
     check_access(cluster)
     return cluster
+
+
+def _provision(settings: Settings) -> list[str]:
+    """Create the catalogue's missing topics; a topic that disagrees with it is an error
+    to fix (`ConflictError`), said as one."""
+    from pipeline.errors import ConflictError
+    from topics.provision import TopicMismatch, provision
+
+    try:
+        return provision(_cluster(settings, "topics").client({}), settings.catalogue)
+    except TopicMismatch as exc:
+        raise ConflictError(str(exc)) from None
 
 
 def load_services(specs: list[str] | None) -> list[Any]:
@@ -247,10 +269,9 @@ def load_services(specs: list[str] | None) -> list[Any]:
 
 
 def _cmd_topics_create(args: argparse.Namespace) -> int:
-    from topics.provision import provision
 
     settings = load_settings()
-    created = provision(_cluster(settings, "topics").client({}), settings.catalogue)
+    created = _provision(settings)
     for spec in settings.catalogue.specs():
         print(f"{'created' if spec.name in created else 'exists '} {spec.name}")
     return 0
@@ -293,20 +314,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from topics.provision import provision
 
     services = load_services(args.service)
     settings = Settings()
     with ExitStack() as stack:
         if not settings.kafka_bootstrap_servers:
-            from pipeline.localkafka.broker import BrokerConfig, LocalBroker
+            from pipeline.localkafka.broker import (
+                BrokerConfig,
+                BrokerError,
+                LocalBroker,
+                choose_ports,
+            )
 
-            broker = LocalBroker(BrokerConfig(data_dir=default_data_dir() / "dev"))
+            try:
+                choose_ports("127.0.0.1", [DEFAULT_PORT])
+                port: int | None = DEFAULT_PORT
+            except BrokerError:
+                port = None  # taken, by a `pipeline kafka start` broker say: any free one
+            broker = LocalBroker(BrokerConfig(data_dir=_dev_data_dir(), port=port))
             print("starting a local Kafka broker ...", flush=True)
             bootstrap = broker.start()
             stack.callback(broker.stop)
             settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-        provision(_cluster(settings, "topics").client({}), settings.catalogue)
+        _provision(settings)
         _print_banner(settings, services)
         asyncio.run(_run_processes(settings, services))
     return 0
@@ -325,9 +355,8 @@ pipeline is running.
   Admin API:  {base}  (docs: {base}/docs, token: {token})
   Handlers:   {", ".join(handlers)}
 
-Invoke the example from another terminal:
-  {BOOTSTRAP_ENV}={settings.kafka_bootstrap_servers} .venv/bin/pipeline invoke Greeter/greet \\
-      --data '{{"name": "Ada"}}' --wait
+Invoke the example from another terminal (the CLI finds this broker by itself):
+  .venv/bin/pipeline invoke Greeter/greet --data '{{"name": "Ada"}}' --wait
   curl -H 'Authorization: Bearer {token}' {base}/invocations/<id>
 Ctrl-C stops everything.
 """,

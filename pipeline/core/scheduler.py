@@ -31,6 +31,7 @@ from pipeline.core.model import (
     OnExhausted,
     ResultStatus,
     RetryPolicy,
+    Target,
 )
 from pipeline.core.payload import (
     PayloadLimits,
@@ -199,6 +200,8 @@ class DecisionContext:
     # this long only: a dead worker's attempt is fenced within it. Until then the
     # dispatch holds `lease_timeout_ms`, time to wait in `dispatch` for a free slot.
     heartbeat_timeout_ms: int = 3_000
+    # Whether the target's service runs per object key, when the service is known.
+    service_keyed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +260,10 @@ def _arrived(
         reason = f"no handler {request.target} is registered"
         failed = _refused(request, Failure(reason, "HandlerNotFound", terminal=True), ctx)
         return Decision(invocation=failed, effects=(DeadLetter(reason), *_finished(failed)))
+    misfit = _key_misfit(request.target, ctx.service_keyed)
+    if misfit is not None:
+        refused = _refused(request, Failure(misfit, "InvalidTarget", terminal=True), ctx)
+        return Decision(invocation=refused, effects=_finished(refused))
     rule = ctx.rule
     if rule is not None and rule.max_queued is not None and queue.queued >= rule.max_queued:
         reason = (
@@ -267,6 +274,21 @@ def _arrived(
         return Decision(invocation=rejected, effects=_finished(rejected))
     pending = Invocation(request, InvocationStatus.PENDING)
     return _enqueue_and_start(pending, queue, ctx)
+
+
+def _key_misfit(target: Target, keyed: bool | None) -> str | None:
+    """Why `target` cannot run on its service, when its key does not fit the service."""
+    if keyed is None or keyed == (target.key is not None):
+        return None
+    if keyed:
+        return (
+            f"{target.service} is a keyed service: call {target.service}/<key>/"
+            f"{target.handler} (got {target})"
+        )
+    return (
+        f"{target.service} is not a keyed service: call {target.service}/{target.handler}, "
+        f"without the key {target.key!r}"
+    )
 
 
 def _refused(request: InvocationRequest, failure: Failure, ctx: DecisionContext) -> Invocation:

@@ -75,6 +75,17 @@ def test_terminal_error_fails_without_retry(settings: Settings) -> None:
     assert "refused: out of stock" in failed.value.result.failure.message
 
 
+def test_a_key_on_an_unkeyed_service_fails_naming_the_problem(settings: Settings) -> None:
+    with Client(settings) as client, pytest.raises(InvocationFailed) as failed:
+        client.call("Shop/k1/checkout", {"order": "keyed", "qty": 1})
+    failure = failed.value.result.failure
+    assert failure is not None and failure.error_type == "InvalidTarget"
+    assert "Shop is not a keyed service: call Shop/checkout, without the key 'k1'" in (
+        failure.message
+    )
+    assert failed.value.result.attempts == 0 and executions["checkout:keyed"] == 0
+
+
 def test_idempotency_key_runs_once_and_shares_the_result(settings: Settings) -> None:
     with Client(settings) as client:
         first = client.call("Shop/checkout", {"order": "idem", "qty": 1}, idempotency_key="k-1")

@@ -47,6 +47,11 @@ def test_provisioning_is_idempotent_and_refuses_a_mismatch(
     assert f"{other.topic_names.journal!r} has 1 partitions, the catalogue says 4" in str(
         mismatch.value
     )
+    # The CLI says the same, as an error to fix, not with a traceback.
+    cli = run_cli(other, "topics", "create")
+    assert cli.returncode == 2, cli.stderr
+    assert cli.stderr.startswith("pipeline: ") and "Traceback" not in cli.stderr
+    assert "has 1 partitions, the catalogue says 4" in cli.stderr
 
 
 def test_cli_invokes_and_prints_results(settings: Settings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -479,3 +480,24 @@ def test_suspending_on_an_entry_that_is_no_call_fails_the_attempt() -> None:
     inv = d.invocations["a"]
     assert inv.status is InvocationStatus.BACKING_OFF
     assert inv.last_failure is not None and inv.last_failure.error_type == "InvalidSuspension"
+
+
+@pytest.mark.parametrize(
+    ("target", "keyed", "says"),
+    [
+        (Target("Greeter", "greet", key="k1"), False, "Greeter is not a keyed service"),
+        (Target("Counter", "add"), True, "Counter is a keyed service: call Counter/<key>/add"),
+    ],
+)
+def test_a_target_whose_key_does_not_fit_its_service_fails_naming_the_problem(
+    target: Target, keyed: bool, says: str
+) -> None:
+    arrived = InvocationArrived(InvocationRequest("a", target, b"{}", created_at_ms=0))
+    context = DecisionContext(0, HANDLER, LEASE, 0.5, service_keyed=keyed)
+    decision = decide(None, VirtualQueue(arrived.request.queue_id), arrived, context)
+    (emitted,) = results(list(decision.effects))
+    assert emitted.result.status is ResultStatus.FAILED
+    failure = emitted.result.failure
+    assert failure is not None and failure.error_type == "InvalidTarget" and failure.terminal
+    assert says in failure.message
+    assert not any(isinstance(e, Dispatch) for e in decision.effects)

@@ -56,11 +56,11 @@ from pipeline.core.model import (
     Caller,
     CapacityMessage,
     Failure,
-    HandlerDefinition,
     InvocationRequest,
     QueueId,
     QueueSnapshot,
     ResumeInvocation,
+    ServiceDefinition,
     Target,
 )
 from pipeline.core.partitioning import partition_for
@@ -780,9 +780,10 @@ class SchedulerProcessor:
     def _context(
         self, request: InvocationRequest, invocation: object | None, now: int
     ) -> DecisionContext:
+        service = self._service(request.target, refresh=invocation is None)
         return DecisionContext(
             now,
-            self._handler(request.target, refresh=invocation is None),
+            service.handler(request.target.handler) if service is not None else None,
             self._settings.lease_timeout_ms,
             self._rng.random(),
             retention_ms=self._settings.retention_ms,
@@ -795,6 +796,7 @@ class SchedulerProcessor:
             ),
             limits=self._limits,
             heartbeat_timeout_ms=self._settings.heartbeat_timeout_ms,
+            service_keyed=service.keyed if service is not None else None,
         )
 
     def _apply(
@@ -839,16 +841,16 @@ class SchedulerProcessor:
         self._store(state, invocation_id, decision, now)
         self._execute(state, decision, source, now)
 
-    def _handler(self, target: Target, *, refresh: bool) -> HandlerDefinition | None:
+    def _service(self, target: Target, *, refresh: bool) -> ServiceDefinition | None:
         registry = self._registry
         assert registry is not None
-        handler = registry.handler(target)
-        if handler is None and refresh:
+        service = registry.service(target.service)
+        if refresh and (service is None or service.handler(target.handler) is None):
             # A worker may have announced the service a moment ago: read the registry to
             # its end before turning a new invocation away.
             registry.catch_up()
-            handler = registry.handler(target)
-        return handler
+            service = registry.service(target.service)
+        return service
 
     def _store(
         self, state: PartitionState, invocation_id: str, decision: Decision, now: int

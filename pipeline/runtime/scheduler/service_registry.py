@@ -8,7 +8,7 @@ import time
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from pipeline.codec.records import WireCodec
-from pipeline.core.model import HandlerDefinition, ServiceDefinition, Target
+from pipeline.core.model import ServiceDefinition
 from pipeline.errors import DecodeError
 from pipeline.kafka.config import ClientConfig
 
@@ -25,9 +25,8 @@ class ServiceRegistry:
         self._partition = TopicPartition(topic, 0, 0)
         self._consumer.assign([self._partition])
 
-    def handler(self, target: Target) -> HandlerDefinition | None:
-        service = self._services.get(target.service)
-        return service.handler(target.handler) if service is not None else None
+    def service(self, name: str) -> ServiceDefinition | None:
+        return self._services.get(name)
 
     def poll(self) -> None:
         """Take what has arrived, without waiting."""
