@@ -70,6 +70,11 @@ class LastError(_Response):
     type: str
     message: str
     terminal: bool = Field(description="True when no retry can help.")
+    code: int | None = Field(
+        default=None,
+        description="The code of the handler's TerminalError (500 unless it gave one); "
+        "null for other failures.",
+    )
 
 
 class WaitingModel(_Response):
@@ -527,7 +532,12 @@ def _journal_entry(entry: JournalEntry) -> JournalEntrySummary:
 def _last_error(failure: Failure | None) -> LastError | None:
     if failure is None:
         return None
-    return LastError(type=failure.error_type, message=failure.message, terminal=failure.terminal)
+    return LastError(
+        type=failure.error_type,
+        message=failure.message,
+        terminal=failure.terminal,
+        code=failure.code,
+    )
 
 
 def _handler(handler: HandlerDefinition) -> HandlerModel:

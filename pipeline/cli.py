@@ -619,7 +619,7 @@ def _result_json(result: Any) -> str:
             "output": output,
             "error": None
             if failure is None
-            else {"type": failure.error_type, "message": failure.message},
+            else {"type": failure.error_type, "message": failure.message, "code": failure.code},
             "attempts": result.attempts,
             "latency_ms": result.completed_at_ms - result.created_at_ms,
         }

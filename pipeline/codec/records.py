@@ -472,6 +472,7 @@ def _failure_to_avro(failure: Failure | None) -> Avro | None:
         "message": failure.message,
         "error_type": failure.error_type,
         "terminal": failure.terminal,
+        "code": failure.code,
     }
 
 
@@ -573,7 +574,10 @@ def _target_from_avro(record: Avro) -> Target:
 
 def _failure_from_avro(record: Avro) -> Failure:
     return Failure(
-        message=record["message"], error_type=record["error_type"], terminal=record["terminal"]
+        message=record["message"],
+        error_type=record["error_type"],
+        terminal=record["terminal"],
+        code=record.get("code"),
     )
 
 

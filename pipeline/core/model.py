@@ -209,11 +209,14 @@ class EntryKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why an attempt or invocation failed; `terminal` means no retry can help."""
+    """Why an attempt or invocation failed; `terminal` means no retry can help. `code`
+    is the one a handler gave its `TerminalError`, kept through replay and into the
+    result."""
 
     message: str
     error_type: str = "Error"
     terminal: bool = False
+    code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

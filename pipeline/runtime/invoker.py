@@ -151,7 +151,7 @@ def attempt_failed(order: DispatchOrder, error: Exception) -> AttemptFailed:
     """The journal record of an attempt that ended with `error`."""
     error_type = type(error).__name__
     if isinstance(error, TerminalError):
-        failure = Failure(error.message, error_type, terminal=True)
+        failure = Failure(error.message, error_type, terminal=True, code=error.code)
         return AttemptFailed(order.request.id, order.attempt, failure)
     if isinstance(error, RetryableError):  # NonDeterminismError included
         failure = Failure(error.message, error_type, terminal=False)

@@ -319,7 +319,8 @@ class Context:
             value = await outcome if inspect.isawaitable(outcome) else outcome
         except TerminalError as exc:
             failure = cut_failure(
-                Failure(exc.message, type(exc).__name__, terminal=True), self._limits
+                Failure(exc.message, type(exc).__name__, terminal=True, code=exc.code),
+                self._limits,
             )
             await self._journal(JournalEntry(index, kind, name, failure=failure), previous)
             raise TerminalError(exc.message, code=exc.code) from exc
@@ -359,7 +360,10 @@ class Context:
 def _replayed(recorded: JournalEntry, serde: Serde[Any]) -> Any:
     if recorded.failure is not None:
         # Only terminal failures are journaled; a recorded one fails the same way again.
-        raise TerminalError(recorded.failure.message)
+        code = recorded.failure.code
+        if code is None:  # journaled before failures kept their code
+            raise TerminalError(recorded.failure.message)
+        raise TerminalError(recorded.failure.message, code=code)
     return serde.deserialize(recorded.value if recorded.value is not None else b"")
 
 

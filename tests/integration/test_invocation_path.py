@@ -42,7 +42,7 @@ async def flaky(ctx: Context, key: str) -> str:
 
 @service.handler()
 async def refuse(ctx: Context, reason: str) -> None:
-    raise TerminalError(f"refused: {reason}")
+    raise TerminalError(f"refused: {reason}", code=409)
 
 
 @pytest.fixture
@@ -73,6 +73,7 @@ def test_terminal_error_fails_without_retry(settings: Settings) -> None:
     assert failed.value.result.attempts == 1
     assert failed.value.result.failure is not None
     assert "refused: out of stock" in failed.value.result.failure.message
+    assert failed.value.result.failure.code == 409  # the handler's code, in the result
 
 
 def test_a_key_on_an_unkeyed_service_fails_naming_the_problem(settings: Settings) -> None:

@@ -236,7 +236,12 @@ def test_invocation_is_rendered_in_full() -> None:
             {"index": 0, "kind": "run", "name": "reserve", "failed": False},
             {"index": 1, "kind": "run", "name": "capture", "failed": True},
         ],
-        "last_error": {"type": "CardError", "message": "card declined", "terminal": True},
+        "last_error": {
+            "type": "CardError",
+            "message": "card declined",
+            "terminal": True,
+            "code": None,
+        },
         "output_size_bytes": None,
         "waiting": None,
         "awaiting_call": None,

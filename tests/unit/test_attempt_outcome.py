@@ -19,3 +19,8 @@ def test_other_errors_do_not_hold_the_queue() -> None:
     assert not attempt_failed(ORDER, RetryableError("x", retry_after_ms=10)).hold_queue
     assert attempt_failed(ORDER, TerminalError("no")).failure.terminal
     assert attempt_failed(ORDER, ValueError("bad")).failure.message == "ValueError: bad"
+
+
+def test_a_terminal_errors_code_reaches_the_attempts_record() -> None:
+    assert attempt_failed(ORDER, TerminalError("gone", code=410)).failure.code == 410
+    assert attempt_failed(ORDER, ValueError("bad")).failure.code is None

@@ -168,7 +168,9 @@ def test_a_terminal_failure_is_journaled_then_raised() -> None:
     with pytest.raises(TerminalError, match="card declined"):
         run(handler())
     assert journal.entries == [
-        JournalEntry(0, RUN, "charge", failure=Failure("card declined", "TerminalError", True))
+        JournalEntry(
+            0, RUN, "charge", failure=Failure("card declined", "TerminalError", True, code=500)
+        )
     ]
 
 
@@ -204,6 +206,29 @@ def test_a_recorded_terminal_failure_replays_as_terminal_error_without_running()
         run(handler())
     assert calls.names == []
     assert journal.records == []
+
+
+def test_a_terminal_errors_code_is_journaled_and_comes_back_on_replay() -> None:
+    journal = MemoryJournal()
+
+    def decline() -> int:
+        raise TerminalError("card declined", code=402)
+
+    async def first() -> None:
+        await Context(order(), journal).run("charge", decline)
+
+    with pytest.raises(TerminalError) as raised:
+        run(first())
+    assert raised.value.code == 402
+    (entry,) = journal.entries
+    assert entry.failure == Failure("card declined", "TerminalError", True, code=402)
+
+    async def replayed() -> None:
+        await Context(order(entry), MemoryJournal()).run("charge", decline)
+
+    with pytest.raises(TerminalError) as again:
+        run(replayed())
+    assert again.value.code == 402
 
 
 def test_the_value_is_returned_only_after_the_journal_acknowledged_it() -> None:
