@@ -36,8 +36,9 @@ HISTORY_DIR = "history"
 
 
 def default_schema_dir() -> Path:
-    """`schemas/` at the repository root, next to the `pipeline` package."""
-    return Path(__file__).resolve().parents[2] / "schemas"
+    """The schemas beside this module: in a checkout a link to `schemas/` at the
+    repository root (the contract), in an installed wheel a copy of it."""
+    return Path(__file__).parent / "schemas"
 
 
 def schema_fingerprint(schema: Schema) -> bytes:
