@@ -32,6 +32,12 @@ class _Response(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class _Request(_Response):
+    # JSON `true` is no number and `0` no boolean: without strict mode pydantic would
+    # take one for the other.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
 class FieldError(_Response):
     path: str = Field(description="Where the value sits, e.g. `path.invocation_id`.")
     message: str
@@ -241,7 +247,7 @@ class QueueResponse(_Response):
     explanation: str = Field(description="The same, in one sentence.")
 
 
-class LimitRuleModel(_Response):
+class LimitRuleModel(_Request):
     """One limit rule, as sent and as shown.
 
     Values are checked by the core, not here, so that a bad one is refused with the
@@ -287,7 +293,7 @@ class LimitRuleModel(_Response):
     paused: bool = Field(default=False, description="True: the queues start nothing.")
 
 
-class LimitRulesPut(_Response):
+class LimitRulesPut(_Request):
     rules: list[LimitRuleModel] = Field(
         description="Rules to add, or to replace by id; all are applied, or none."
     )
@@ -303,7 +309,7 @@ class LimitRuleSetResponse(_Response):
     rules: list[LimitRuleModel] = Field(description="Every rule in force, ordered by id.")
 
 
-class DeploymentLimitPut(_Response):
+class DeploymentLimitPut(_Request):
     concurrency: int = Field(
         ge=0,
         description="Attempts of the service running at once across all its workers; 0 "

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from pipeline.core.model import NAME_PATTERN
+from pipeline.core.model import MAX_AVRO_INT, NAME_PATTERN
 from pipeline.errors import ValidationError
 
 
@@ -47,9 +47,10 @@ class DeploymentLimit:
 
     def __post_init__(self) -> None:
         check_deployment_name(self.deployment)
-        if self.concurrency < 0:
+        if not 0 <= self.concurrency <= MAX_AVRO_INT:
             raise ValidationError(
-                f"deployment {self.deployment!r}: concurrency {self.concurrency} must be >= 0"
+                f"deployment {self.deployment!r}: concurrency {self.concurrency} must be "
+                f">= 0 and <= {MAX_AVRO_INT}"
             )
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from pipeline.core.deployment import DeploymentLimit
-from pipeline.core.model import QueueId, validate_limit_key, validate_scope
+from pipeline.core.model import MAX_AVRO_INT, QueueId, validate_limit_key, validate_scope
 from pipeline.errors import ConflictError, NotFoundError, ValidationError
 
 # Slower than one start a day, the next start time outgrows any timer a queue keeps.
@@ -138,6 +138,10 @@ class LimitRule:
             raise ValidationError(f"rule {self.id!r}: weight {self.weight} must be >= 1")
         if self.max_queued is not None and self.max_queued < 0:
             raise ValidationError(f"rule {self.id!r}: max_queued {self.max_queued} must be >= 0")
+        for name in ("concurrency", "burst", "weight", "max_queued"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_AVRO_INT:
+                raise ValidationError(f"rule {self.id!r}: {name} {value} must be <= {MAX_AVRO_INT}")
 
 
 def governing_rule(rules: Iterable[LimitRule], queue: QueueId) -> LimitRule | None:

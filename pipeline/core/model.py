@@ -12,6 +12,8 @@ Headers = tuple[tuple[str, bytes], ...]
 
 _SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _LIMIT_KEY_PART = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+# Counts kept in Avro `int` fields (limits, caps): a reader could not decode a larger one.
+MAX_AVRO_INT = 2**31 - 1
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 
 DEFAULT_PRIORITY = 5

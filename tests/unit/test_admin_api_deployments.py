@@ -80,9 +80,13 @@ def test_bad_caps_are_422_and_write_nothing() -> None:
     negative = api.put("/deployments/Greeter/limits", json={"concurrency": -1})
     bad_name = api.put("/deployments/bad%20name/limits", json={"concurrency": 1})
     unknown_field = api.put("/deployments/Greeter/limits", json={"max": 1})
+    too_big = api.put("/deployments/Greeter/limits", json={"concurrency": 2**31})
+    a_boolean = api.put("/deployments/Greeter/limits", json={"concurrency": True})
 
-    assert [r.status_code for r in (negative, bad_name, unknown_field)] == [422, 422, 422]
+    bad = (negative, bad_name, unknown_field, too_big, a_boolean)
+    assert [r.status_code for r in bad] == [422] * 5
     assert "'bad name' is not a service name" in bad_name.json()["error"]["message"]
+    assert "<= 2147483647" in too_big.json()["error"]["message"]
     assert writer.written == []
 
 

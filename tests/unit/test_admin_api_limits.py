@@ -115,6 +115,11 @@ def test_put_at_another_version_is_409_naming_both_and_writes_nothing() -> None:
         ({"id": "a", "pattern": "*", "rate": 0}, "rate 0.0/s must be finite and at least"),
         ({"id": "a", "pattern": "*", "burst": 0}, "burst 0 must be >= 1"),
         ({"id": "a", "pattern": "acme", "max_queued": 5}, "put max_queued on acme/* instead"),
+        # Kept in Avro ints: a reader of the limits topic could not decode more.
+        ({"id": "a", "pattern": "*", "burst": 2**31}, "burst 2147483648 must be <= 2147483647"),
+        ({"id": "a", "pattern": "*", "weight": 2**40}, "must be <= 2147483647"),
+        ({"id": "a", "pattern": "*", "concurrency": 2**31}, "must be <= 2147483647"),
+        ({"id": "a", "pattern": "*", "max_queued": 2**31}, "must be <= 2147483647"),
     ],
 )
 def test_a_bad_pattern_or_value_is_422_with_the_core_message(
@@ -131,6 +136,17 @@ def test_a_bad_pattern_or_value_is_422_with_the_core_message(
     # All or nothing: the valid rule of the batch was not written either.
     assert writer.written == []
     assert api.get("/limits/rules").json()["version"] == 0
+
+
+@pytest.mark.parametrize(("field", "value"), [("burst", True), ("weight", False), ("paused", 0)])
+def test_json_true_is_no_number_and_0_no_boolean(field: str, value: object) -> None:
+    writer = RecordingWriter()
+    rule = {"id": "a", "pattern": "*", field: value}
+    response = http(memory_limit_rules(writer=writer)).put("/limits/rules", json={"rules": [rule]})
+
+    assert response.status_code == 422
+    assert f"rules.0.{field}" in response.json()["error"]["message"]
+    assert writer.written == []
 
 
 def test_duplicate_ids_in_a_batch_are_422_naming_the_id() -> None:
