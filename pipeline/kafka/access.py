@@ -35,8 +35,10 @@ class ClusterAccessRefused(ValidationError):
     """The cluster refused this process's credentials or TLS setup."""
 
 
-def check_access(cluster: ClusterConfig, timeout_s: float = 10.0) -> bool:
-    """Whether the cluster answered within `timeout_s`; raises if it refused us."""
+def check_access(cluster: ClusterConfig, timeout_s: float = 10.0) -> AdminClient | None:
+    """The admin client that the cluster answered within `timeout_s`, for more
+    questions over the same connection; None if it did not answer; raises if it
+    refused us."""
     refusals: list[KafkaError] = []
 
     def on_error(error: KafkaError) -> None:
@@ -51,12 +53,12 @@ def check_access(cluster: ClusterConfig, timeout_s: float = 10.0) -> bool:
     while not refusals:
         try:
             admin.list_topics(timeout=1.0)
-            return True
+            return admin
         except KafkaException as exc:
             admin.poll(0)  # serves the error callback
             if time.monotonic() > deadline and not refusals:
                 log.warning("%s does not answer yet (%s)", cluster.describe(), exc.args[0].str())
-                return False
+                return None
     raise ClusterAccessRefused(
         f"{cluster.describe()} refused this process: {refusals[0].str()}; check the "
         "credentials and security settings (PIPELINE_KAFKA_* variables, "

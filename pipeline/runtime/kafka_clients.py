@@ -23,7 +23,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from pipeline.core.membership import session_timeout_ms
 from pipeline.errors import RetryableError
 from pipeline.kafka.access import check_access
-from pipeline.kafka.config import ClientConfig, ClusterConfig, Role
+from pipeline.kafka.config import ClientConfig, Role
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,10 @@ def joined_cluster(settings: Settings, role: Role) -> Settings:
     time, or does not let us read its configuration, gets a session every cluster
     accepts."""
     cluster = settings.cluster.as_role(role)
-    answered = check_access(cluster)
+    admin = check_access(cluster)
     if settings.session_timeout_ms is not None:
         return settings
-    floor, ceiling = _session_limits(cluster) if answered else (None, None)
+    floor, ceiling = _session_limits(admin) if admin is not None else (None, None)
     chosen = session_timeout_ms(floor, ceiling)
     log.info(
         "consumer-group session %d ms (the cluster accepts %s to %s ms)",
@@ -54,10 +54,9 @@ def joined_cluster(settings: Settings, role: Role) -> Settings:
     return settings.model_copy(update={"session_timeout_ms": chosen})
 
 
-def _session_limits(cluster: ClusterConfig) -> tuple[int | None, int | None]:
+def _session_limits(admin: AdminClient) -> tuple[int | None, int | None]:
     """The cluster's `group.min/max.session.timeout.ms`, as one broker states them."""
     try:
-        admin = AdminClient(cluster.client({}))
         brokers = admin.list_topics(timeout=_CLUSTER_CONFIG_TIMEOUT_S).brokers
         resource = ConfigResource(ResourceType.BROKER, str(min(brokers)))
         future = admin.describe_configs([resource])[resource]
