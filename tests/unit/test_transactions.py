@@ -8,8 +8,11 @@ provoked on demand against a real broker: these producers stand in for that bug.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -124,3 +127,40 @@ def test_retrying_retries_unavailable_errors_and_raises_the_rest() -> None:
 
     with pytest.raises(KafkaException):
         retrying("refused", refused)
+
+
+_EXITS_WITH_A_WEDGED_CALL = """
+import threading
+from confluent_kafka import TopicPartition
+from pipeline.runtime.scheduler import transactions as module
+from tests.unit.test_transactions import _Producer
+
+module._CALL_TIMEOUT_S = module._WEDGED_AFTER_S = 0.1
+made = []
+def new(config):
+    made.append(_Producer(wedge_offsets=not made))
+    return made[-1]
+tx = module.Transactions({}, new_producer=new)
+tx.begin()
+try:
+    tx.commit([TopicPartition("t", 0, 1)], object())
+except module.ProducerWedged:
+    pass
+tx.close(1)
+print("closed")
+"""
+
+
+def test_a_process_whose_call_stays_wedged_still_exits() -> None:
+    """A stopped scheduler must exit though an abandoned call never returns (the
+    interpreter would join an executor's thread for ever)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITS_WITH_A_WEDGED_CALL],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "closed" in done.stdout

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
@@ -94,8 +95,33 @@ def is_fenced(error: KafkaError) -> bool:
 _LOG_EVERY_S = 5.0
 
 
-def _caller() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="transactions")
+class _Caller:
+    """One daemon thread that makes the producer's calls, in order. Not a
+    `ThreadPoolExecutor`: the interpreter joins those at exit, and a wedged call left
+    behind would then keep a stopped scheduler from exiting."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Future[object]] | None] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._serve, name="transactions", daemon=True).start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            call, future = job
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to the waiting caller
+                future.set_exception(exc)
+
+    def submit(self, call: Callable[[], _T]) -> Future[_T]:
+        future: Future[_T] = Future()
+        self._jobs.put((call, future))  # type: ignore[arg-type]
+        return future
+
+    def shutdown(self) -> None:
+        """The thread ends after its current call, if that ever returns."""
+        self._jobs.put(None)
 
 
 def retrying(what: str, call: Callable[[], _T], stop: threading.Event | None = None) -> _T:
@@ -150,7 +176,7 @@ class Transactions:
         self._stop = stop
         self._make_producer = new_producer
         self._fences: list[float] = []
-        self._calls = _caller()
+        self._calls = _Caller()
         # Producers whose call never returned, kept so that the call's thread never
         # runs on in a freed client.
         self.abandoned: list[Producer] = []
@@ -170,8 +196,8 @@ class Transactions:
                 _CALL_TIMEOUT_S + _WEDGED_AFTER_S,
                 _CALL_TIMEOUT_S,
             )
-            self._calls.shutdown(wait=False)
-            self._calls = _caller()
+            self._calls.shutdown()
+            self._calls = _Caller()
             raise ProducerWedged(f"{what} wedged") from None
 
     def _abandon(self) -> None:
@@ -259,4 +285,4 @@ class Transactions:
         except KafkaException as exc:
             log.warning("transactional producer closed with an error: %s", exc)
         finally:
-            self._calls.shutdown(wait=False)
+            self._calls.shutdown()
