@@ -6,29 +6,25 @@ message says what to change; pipeline errors map to HTTP statuses in `_ERROR_STA
 
 from __future__ import annotations
 
-import hmac
 import logging
-import math
 import threading
-from collections.abc import Callable, Mapping
-from http import HTTPStatus
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.exceptions import HTTPException
+from fastapi import APIRouter, Depends, FastAPI, Path, Query
+from fastapi.security import HTTPBearer
+from pydantic import SecretStr
 
+from admin_api import contract, errors, patterns
+from admin_api.guard import HOW_TO_AUTHENTICATE, RequestGuard, Tokens
 from admin_api.models import (
     DeploymentLimitPut,
     DeploymentListResponse,
     DeploymentResponse,
-    ErrorDetail,
     ErrorResponse,
-    FieldError,
     HealthResponse,
+    InvocationListResponse,
     InvocationResponse,
     LimitRuleSetResponse,
     LimitRulesPut,
@@ -38,6 +34,7 @@ from admin_api.models import (
     ServiceListResponse,
     ServiceResponse,
     deployment_response,
+    invocation_list_response,
     invocation_response,
     limit_rule,
     queue_list_response,
@@ -46,6 +43,7 @@ from admin_api.models import (
     service_list_response,
     service_response,
 )
+from admin_api.patterns import documented
 from admin_api.ports import InvocationCommands, InvocationReader, LimitRules, ServiceReader
 from pipeline.core import limits as rule_sets
 from pipeline.core.deployment import DeploymentLimit, check_deployment_name
@@ -60,17 +58,21 @@ from pipeline.core.introspection import (
     waiting_report,
 )
 from pipeline.core.lifecycle import InvocationStatus
-from pipeline.core.model import QueueId
+from pipeline.core.model import QueueId, validate_scope
 from pipeline.core.state import Invocation
 from pipeline.errors import (
     ConflictError,
     NotFoundError,
-    PipelineError,
-    RetryableError,
     ValidationError,
 )
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.settings import Settings
+from pipeline.views.invocation_index import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    InvocationQuery,
+    decode_cursor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +83,15 @@ announce. Resume invocations that paused after their
 last retry. Change the limit rules of virtual queues and the caps of worker pools
 (deployments) while everything runs.
 
-Every route except `/health` needs a bearer token from `PIPELINE_ADMIN_API_TOKENS`,
-sent as `Authorization: Bearer <token>`.
+Every route except `/health` (and the documentation, unless `PIPELINE_ADMIN_API_DOCS`
+says otherwise) needs a bearer token, sent as `Authorization: Bearer <token>`: one of
+`PIPELINE_ADMIN_API_TOKENS` (role admin: may change everything) or of
+`PIPELINE_ADMIN_API_READ_TOKENS` (role read: GET only, any change is 403).
 """
-
-# Most specific first: NotFoundError and ConflictError are ValidationErrors too.
-_ERROR_STATUS: tuple[tuple[type[PipelineError], int, str], ...] = (
-    (NotFoundError, 404, "not_found"),
-    (ConflictError, 409, "conflict"),
-    (ValidationError, 422, "invalid"),
-    (RetryableError, 503, "unavailable"),
-    (PipelineError, 500, "internal"),
-)
-
-_HOW_TO_AUTHENTICATE = (
-    "send the header `Authorization: Bearer <token>` with one of the tokens "
-    "configured in PIPELINE_ADMIN_API_TOKENS"
-)
 
 # Stateless and immutable; module level so that FastAPI can resolve the annotation.
 # auto_error=False so that a missing token gets our message and status, not FastAPI's.
-_BEARER_SCHEME = HTTPBearer(auto_error=False, description=_HOW_TO_AUTHENTICATE)
+_BEARER_SCHEME = HTTPBearer(auto_error=False, description=HOW_TO_AUTHENTICATE)
 
 _AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorResponse, "description": "Missing or unknown bearer token."},
@@ -109,6 +99,7 @@ _AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
 
 _MAX_INVOCATION_ID = 1024
 _MAX_SERVICE_NAME = 128
+_MAX_SCOPE_SEGMENT = 64
 
 _DeploymentName = Annotated[
     str,
@@ -116,6 +107,7 @@ _DeploymentName = Annotated[
         min_length=1,
         max_length=_MAX_SERVICE_NAME,
         description="The deployment: the name of the service its workers serve.",
+        json_schema_extra=documented(patterns.NAME),
     ),
 ]
 
@@ -127,6 +119,7 @@ _InvocationId = Annotated[
         min_length=1,
         max_length=_MAX_INVOCATION_ID,
         description="The id returned when the invocation was submitted.",
+        json_schema_extra=documented(patterns.PRINTABLE),
     ),
 ]
 
@@ -144,32 +137,49 @@ def create_app(
 
     `clock` (epoch ms) is what "now" means when a report says until when a queue waits.
     """
+    docs = settings.admin_api_docs != "off"
     app = FastAPI(
         title="pipeline Admin API",
         description=_DESCRIPTION,
         version=_package_version(),
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+        # Starlette's redirect builds its Location from the Host header, before any
+        # check: a path with a trailing slash is simply not a route.
+        redirect_slashes=False,
     )
-    app.add_exception_handler(PipelineError, _render_pipeline_error)
-    app.add_exception_handler(RequestValidationError, _render_request_validation_error)
-    app.add_exception_handler(HTTPException, _render_http_error)
-    app.add_exception_handler(Exception, _render_unexpected_error)
+    public = {"/health"}
+    if settings.admin_api_docs == "public":
+        public |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    app.add_middleware(
+        RequestGuard,
+        tokens=_tokens(settings),
+        public_paths=frozenset(public),
+        max_body_bytes=settings.admin_api_max_body_bytes,
+    )
+    contract.install(app, frozenset(public))
 
     @app.get("/health", summary="Liveness check (no token needed)", tags=["health"])
     def health() -> HealthResponse:
         return HealthResponse()
 
-    require_token = _bearer_auth(_accepted_tokens(settings))
     # One limit change at a time: two requests must not both derive a version from the
     # same one, or the second would be refused as a conflict it never asked to check.
     changing = threading.Lock()
-    for router in (
+    routers = (
         _inspection_routes(invocations, services, limits, clock),
         _queue_routes(invocations, limits, clock),
         _command_routes(invocations, commands),
         _limit_routes(limits, changing),
         _deployment_routes(invocations, services, limits, changing),
-    ):
-        app.include_router(router, dependencies=[Depends(require_token)], responses=_AUTH_RESPONSES)
+    )
+    errors.install(app, [*app.routes, *(route for r in routers for route in r.routes)])
+    for router in routers:
+        # The guard checks the token; the dependency declares the scheme in the OpenAPI.
+        app.include_router(
+            router, dependencies=[Depends(_BEARER_SCHEME)], responses=_AUTH_RESPONSES
+        )
     return app
 
 
@@ -190,6 +200,57 @@ def _inspection_routes(
     clock: Callable[[], int],
 ) -> APIRouter:
     router = APIRouter()
+
+    @router.get(
+        "/invocations",
+        summary="List invocations, filtered by status, service and scope, a page at a time",
+        description=(
+            "Invocations in id order, finished ones until their retention ends. Filters "
+            "combine; pass `next_cursor` back as `cursor` for the next page."
+        ),
+        tags=["invocations"],
+    )
+    def list_invocations(
+        status: Annotated[InvocationStatus | None, Query(description="Only this status.")] = None,
+        service: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=_MAX_SERVICE_NAME,
+                description="Only this service.",
+                json_schema_extra=documented(patterns.NAME),
+            ),
+        ] = None,
+        scope: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=_MAX_SCOPE_SEGMENT,
+                description=f"Only this scope; `{DEFAULT_SCOPE}` for invocations without one.",
+                json_schema_extra=documented(patterns.SCOPE_ADDRESS),
+            ),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+        cursor: Annotated[
+            str | None,
+            Query(
+                min_length=2,
+                max_length=8 * _MAX_INVOCATION_ID,
+                description="The `next_cursor` of the page before.",
+                json_schema_extra=documented(patterns.CURSOR),
+            ),
+        ] = None,
+    ) -> InvocationListResponse:
+        if service is not None:
+            check_deployment_name(service)
+        query = InvocationQuery(
+            status=status,
+            service=service,
+            scope=None if scope is None else _checked_scope(scope),
+            limit=limit,
+            after=None if cursor is None else decode_cursor(cursor),
+        )
+        return invocation_list_response(invocations.list_invocations(query))
 
     @router.get(
         "/invocations/{invocation_id:path}",
@@ -220,7 +281,14 @@ def _inspection_routes(
         responses={404: {"model": ErrorResponse, "description": "No such service."}},
     )
     def get_service(
-        name: Annotated[str, Path(min_length=1, max_length=_MAX_SERVICE_NAME)],
+        name: Annotated[
+            str,
+            Path(
+                min_length=1,
+                max_length=_MAX_SERVICE_NAME,
+                json_schema_extra=documented(patterns.NAME),
+            ),
+        ],
     ) -> ServiceResponse:
         service = services.service(name)
         if service is None:
@@ -240,14 +308,13 @@ def _waiting(
     clock: Callable[[], int],
 ) -> WaitingReport | None:
     if invocation.status is InvocationStatus.AWAITING_CAPACITY:
-        return awaiting_report(invocation, invocations.invocations())
+        return awaiting_report(invocation, invocations.ahead_of(invocation))
     if invocation.status is not InvocationStatus.PENDING:
         return None
-    queue = next((q for q in invocations.queues() if q.id == invocation.queue_id), None)
     return waiting_report(
         invocation,
-        invocations.invocations(),
-        queue,
+        invocations.ahead_of(invocation),
+        invocations.queue(invocation.queue_id),
         limits.ruleset().rules,
         clock(),
         invocations.scope_load(invocation.queue_id.scope),
@@ -262,7 +329,6 @@ queues with something queued, running or a rate limit still spent exist: an idle
 leaves no state.
 """
 
-_MAX_SCOPE_SEGMENT = 64
 _MAX_LIMIT_KEY = 257
 
 
@@ -283,11 +349,12 @@ def _queue_routes(
                 min_length=1,
                 max_length=_MAX_SCOPE_SEGMENT,
                 description=f"Only the queues of this scope; `{DEFAULT_SCOPE}` for default queues.",
+                json_schema_extra=documented(patterns.SCOPE_ADDRESS),
             ),
         ] = None,
     ) -> QueueListResponse:
         rules, now = limits.ruleset().rules, clock()
-        wanted = None if scope is None else parse_scope(scope)
+        wanted = None if scope is None else _checked_scope(scope)
         queues = [q for q in invocations.queues() if wanted is None or q.id.scope == wanted]
         queues.sort(key=lambda q: (q.id.scope, q.id.limit_key))
         return queue_list_response(
@@ -307,6 +374,7 @@ def _queue_routes(
                 min_length=1,
                 max_length=_MAX_SCOPE_SEGMENT,
                 description=f"The scope; `{DEFAULT_SCOPE}` for a service's default queue.",
+                json_schema_extra=documented(patterns.SCOPE_ADDRESS),
             ),
         ],
         limit_key: Annotated[
@@ -315,11 +383,12 @@ def _queue_routes(
                 min_length=1,
                 max_length=_MAX_LIMIT_KEY,
                 description="The limit key (`L1` or `L1/L2`); the service for a default queue.",
+                json_schema_extra=documented(patterns.LIMIT_KEY),
             ),
         ],
     ) -> QueueResponse:
         queue_id = parse_queue_address(scope, limit_key)
-        queue = next((q for q in invocations.queues() if q.id == queue_id), None)
+        queue = invocations.queue(queue_id)
         if queue is None:
             raise NotFoundError(_idle_queue_message(queue_id))
         report = queue_report(
@@ -328,6 +397,13 @@ def _queue_routes(
         return queue_response(report)
 
     return router
+
+
+def _checked_scope(address: str) -> str:
+    """A scope as an address or filter gives it (`~`: none), refused when malformed: a
+    filter on a scope that cannot exist would quietly match nothing."""
+    scope = parse_scope(address)
+    return validate_scope(scope) if scope else scope
 
 
 def _idle_queue_message(queue_id: QueueId) -> str:
@@ -449,7 +525,14 @@ def _limit_routes(limits: LimitRules, changing: threading.Lock) -> APIRouter:
         },
     )
     def delete_rule(
-        rule_id: Annotated[str, Path(min_length=1, max_length=_MAX_RULE_ID)],
+        rule_id: Annotated[
+            str,
+            Path(
+                min_length=1,
+                max_length=_MAX_RULE_ID,
+                json_schema_extra=documented(patterns.PRINTABLE),
+            ),
+        ],
         if_version: Annotated[
             int | None,
             Query(ge=0, description="Remove only if the rule set is at this version."),
@@ -552,106 +635,17 @@ def _deployment_routes(
     return router
 
 
-def _accepted_tokens(settings: Settings) -> tuple[bytes, ...]:
-    tokens = tuple(
-        secret.get_secret_value().encode()
-        for secret in settings.admin_api_tokens
-        if secret.get_secret_value()
-    )
-    if not tokens:
+def _tokens(settings: Settings) -> Tokens:
+    def values(secrets: tuple[SecretStr, ...]) -> tuple[bytes, ...]:
+        return tuple(v.get_secret_value().encode() for v in secrets if v.get_secret_value())
+
+    tokens = Tokens(values(settings.admin_api_tokens), values(settings.admin_api_read_tokens))
+    if not tokens.admin and not tokens.read:
         raise ValidationError(
-            "admin_api_tokens is empty, so no request could ever be authorized: "
-            "set PIPELINE_ADMIN_API_TOKENS to a JSON list of tokens"
+            "admin_api_tokens and admin_api_read_tokens are empty, so no request could ever "
+            "be authorized: set PIPELINE_ADMIN_API_TOKENS to a JSON list of tokens"
         )
     return tokens
-
-
-def _bearer_auth(
-    accepted: tuple[bytes, ...],
-) -> Callable[[HTTPAuthorizationCredentials | None], None]:
-    def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER_SCHEME)],
-    ) -> None:
-        if credentials is None:
-            raise HTTPException(
-                401,
-                detail=f"missing bearer token: {_HOW_TO_AUTHENTICATE}",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not _token_accepted(credentials.credentials.encode(), accepted):
-            raise HTTPException(
-                401,
-                detail=f"bearer token not accepted: {_HOW_TO_AUTHENTICATE}",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-
-    return require_token
-
-
-def _token_accepted(presented: bytes, accepted: tuple[bytes, ...]) -> bool:
-    # Compare against every token, without stopping early, so timing reveals nothing.
-    matched = False
-    for token in accepted:
-        matched |= hmac.compare_digest(presented, token)
-    return matched
-
-
-def _error_json(
-    status: int,
-    error_type: str,
-    message: str,
-    *,
-    fields: list[FieldError] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(type=error_type, message=message, fields=fields))
-    return JSONResponse(
-        body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers
-    )
-
-
-async def _render_pipeline_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, PipelineError)
-    status, error_type = next(
-        (status, name) for kind, status, name in _ERROR_STATUS if isinstance(exc, kind)
-    )
-    if status >= 500:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    headers = None
-    if isinstance(exc, RetryableError) and exc.retry_after_ms is not None:
-        headers = {"Retry-After": str(math.ceil(exc.retry_after_ms / 1000))}
-    return _error_json(status, error_type, str(exc), headers=headers)
-
-
-async def _render_request_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    fields = [
-        FieldError(path=".".join(str(part) for part in error["loc"]), message=error["msg"])
-        for error in exc.errors()
-    ]
-    listed = "; ".join(f"{field.path}: {field.message}" for field in fields)
-    return _error_json(
-        422, "invalid_request", f"invalid request, fix these fields: {listed}", fields=fields
-    )
-
-
-async def _render_http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    status = HTTPStatus(exc.status_code)
-    message = str(exc.detail)
-    # Starlette's own routing errors carry only the status phrase; say what to do.
-    if message == status.phrase and status in (HTTPStatus.NOT_FOUND, HTTPStatus.METHOD_NOT_ALLOWED):
-        message = (
-            f"{request.method} {request.url.path} is not a route of this API: "
-            "the routes are listed at /docs"
-        )
-    error_type = status.phrase.lower().replace(" ", "_").replace("-", "_")
-    return _error_json(exc.status_code, error_type, message, headers=exc.headers)
-
-
-async def _render_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return _error_json(500, "internal", "unexpected server error: the server log has the details")
 
 
 def _package_version() -> str:

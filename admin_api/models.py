@@ -8,15 +8,19 @@ These are the HTTP contract, free to differ from the domain: never pass them int
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.config import JsonDict
 
+from admin_api.patterns import PRINTABLE, RULE_PATTERN, SCOPE
 from pipeline.core.deployment import DeploymentLoad
 from pipeline.core.ids import sent_id
 from pipeline.core.introspection import QueueReport, WaitingReport, explain, queue_address
-from pipeline.core.limits import LimitRule, RulePattern, RuleSet
+from pipeline.core.limits import MIN_RATE_PER_S, LimitRule, RulePattern, RuleSet
 from pipeline.core.model import (
+    MAX_AVRO_INT,
     Failure,
     HandlerDefinition,
     JournalEntry,
@@ -26,10 +30,24 @@ from pipeline.core.model import (
     Target,
 )
 from pipeline.core.state import Invocation
+from pipeline.views.invocation_index import InvocationPage
 
 
 class _Response(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _integral(value: object) -> object:
+    # JSON has one number type: 3.0 is the integer 3 (JSON Schema says so too), but true
+    # is no number and "3" no integer, which lax validation would take.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+"""An integer as JSON writes it: 3 or 3.0, never true or "3"."""
+JsonVersion = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
 
 
 class _Request(_Response):
@@ -145,6 +163,28 @@ class InvocationResponse(_Response):
     )
 
 
+class InvocationSummary(_Response):
+    id: str
+    status: str
+    target: TargetModel
+    attempts: int
+    scope: str | None
+    limit_key: str | None
+    priority: int
+    created_at: datetime
+    finished_at: datetime | None
+    path: str = Field(description="Where the whole invocation is: GET it for the journal.")
+
+
+class InvocationListResponse(_Response):
+    invocations: list[InvocationSummary] = Field(description="In id order.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page. A page may "
+        "hold fewer than `limit` invocations and still have a next one: a page stops after "
+        "looking at a bounded number of candidates."
+    )
+
+
 class ResumeResponse(_Response):
     invocation_id: str
     status: Literal["resume-requested"] = Field(
@@ -247,40 +287,66 @@ class QueueResponse(_Response):
     explanation: str = Field(description="The same, in one sentence.")
 
 
+# JSON Schema for what the core refuses across fields: no backlog cap on a scope budget.
+_NO_MAX_QUEUED_ON_A_BUDGET: JsonDict = {
+    "if": {"properties": {"pattern": {"pattern": SCOPE}}, "required": ["pattern"]},
+    "then": {"properties": {"max_queued": {"type": "null"}}},
+}
+
+
 class LimitRuleModel(_Request):
     """One limit rule, as sent and as shown.
 
-    Values are checked by the core, not here, so that a bad one is refused with the
-    same message wherever rules come from (Admin API, CLI).
+    The core checks every value, so that a bad one is refused with the same message
+    wherever rules come from (Admin API, CLI); the bounds here repeat its bounds so that
+    the OpenAPI document states them.
     """
 
-    id: str = Field(min_length=1, max_length=256, description="Name of the rule, unique.")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, json_schema_extra=_NO_MAX_QUEUED_ON_A_BUDGET
+    )
+
+    id: str = Field(
+        min_length=1,
+        max_length=256,
+        json_schema_extra={"pattern": PRINTABLE},
+        description="Name of the rule, unique.",
+    )
     pattern: str = Field(
+        json_schema_extra={"pattern": RULE_PATTERN},
         description="`*`, `scope/*`, `scope/L1`, `scope/L1/*` or `scope/L1/L2`: a queue's "
         "own rule, applied to each matching queue on its own; the most specific matching "
         "pattern governs a queue. A bare `scope`: one budget shared by all the scope's "
         "queues (their total running and starts), on top of each queue's own rule.",
         examples=["acme/*"],
     )
-    concurrency: int | None = Field(
+    concurrency: JsonInt | None = Field(
         default=None,
+        json_schema_extra={"minimum": 0, "maximum": MAX_AVRO_INT},
         description="Running attempts at once per queue, or in the whole scope for a bare "
         "`scope` pattern (>= 0); null: no limit.",
     )
     rate: float | None = Field(
         default=None,
+        json_schema_extra={"minimum": MIN_RATE_PER_S},
         description="Starts per second per queue, or in the whole scope for a bare `scope` "
-        "pattern (> 0); excess waits, never dropped.",
+        "pattern (at least one a day); excess waits, never dropped.",
     )
-    burst: int = Field(default=1, description="Starts that may come at once under `rate` (>= 1).")
-    weight: int = Field(
+    burst: JsonInt = Field(
         default=1,
+        json_schema_extra={"minimum": 1, "maximum": MAX_AVRO_INT},
+        description="Starts that may come at once under `rate` (>= 1).",
+    )
+    weight: JsonInt = Field(
+        default=1,
+        json_schema_extra={"minimum": 1, "maximum": MAX_AVRO_INT},
         description="On a queue's own rule: its share of the scope's budget when the "
         "scope's queues compete for it (>= 1); a queue with weight 4 starts four times as "
         "often as one with weight 1 while both wait.",
     )
-    max_queued: int | None = Field(
+    max_queued: JsonInt | None = Field(
         default=None,
+        json_schema_extra={"minimum": 0, "maximum": MAX_AVRO_INT},
         description="Backlog cap per queue (>= 0): a request over it fails at once; null: "
         "none. Not allowed on a bare `scope` pattern: put it on `scope/*`.",
     )
@@ -295,9 +361,11 @@ class LimitRuleModel(_Request):
 
 class LimitRulesPut(_Request):
     rules: list[LimitRuleModel] = Field(
-        description="Rules to add, or to replace by id; all are applied, or none."
+        json_schema_extra={"minItems": 1},
+        description="Rules to add, or to replace by id, applied in order (a repeated id "
+        "ends as its last rule); all are applied, or none.",
     )
-    if_version: int | None = Field(
+    if_version: JsonVersion | None = Field(
         default=None,
         description="Apply only if the rule set is at this version (409 otherwise): read, "
         "change, write without overwriting someone else's change.",
@@ -310,14 +378,14 @@ class LimitRuleSetResponse(_Response):
 
 
 class DeploymentLimitPut(_Request):
-    concurrency: int = Field(
+    concurrency: JsonInt = Field(
         ge=0,
+        json_schema_extra={"maximum": MAX_AVRO_INT},
         description="Attempts of the service running at once across all its workers; 0 "
         "holds every new start (drain the pool).",
     )
-    if_version: int | None = Field(
+    if_version: JsonVersion | None = Field(
         default=None,
-        ge=0,
         description="Apply only if the limits are at this version (409 otherwise); the "
         "version is the one GET /limits/rules shows.",
     )
@@ -416,6 +484,27 @@ def invocation_response(
         output_size_bytes=None if invocation.output is None else len(invocation.output),
         waiting=None if waiting is None else _waiting(waiting),
         awaiting_call=_awaited_call(invocation),
+    )
+
+
+def invocation_list_response(page: InvocationPage) -> InvocationListResponse:
+    return InvocationListResponse(
+        invocations=[
+            InvocationSummary(
+                id=invocation.id,
+                status=invocation.status.value,
+                target=_target(invocation.request.target),
+                attempts=invocation.attempt,
+                scope=invocation.request.scope,
+                limit_key=invocation.request.limit_key,
+                priority=invocation.request.priority,
+                created_at=_instant(invocation.request.created_at_ms),
+                finished_at=_optional_instant(invocation.finished_at_ms),
+                path=f"/invocations/{quote(invocation.id, safe='')}",
+            )
+            for invocation in page.invocations
+        ],
+        next_cursor=page.next_cursor,
     )
 
 

@@ -1,6 +1,6 @@
 """What the Admin API reads and sends, as narrow Protocols.
 
-The materialized views in `pipeline.runtime.views`, the producer in
+The materialized views in `pipeline.views`, the producer in
 `pipeline.runtime.commands` and the store in `pipeline.runtime.limit_rules` satisfy
 these structurally; tests pass small in-memory objects instead of a broker.
 """
@@ -12,8 +12,9 @@ from typing import Protocol
 from pipeline.core.deployment import DeploymentLoad
 from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.limits import RuleSet
-from pipeline.core.model import ServiceDefinition
+from pipeline.core.model import QueueId, ServiceDefinition
 from pipeline.core.state import Invocation, VirtualQueue
+from pipeline.views.invocation_index import InvocationPage, InvocationQuery
 
 
 class InvocationReader(Protocol):
@@ -23,8 +24,17 @@ class InvocationReader(Protocol):
         """The invocation with this id, or None when it is unknown."""
         ...
 
-    def invocations(self) -> list[Invocation]:
-        """Every invocation the scheduler holds, finished ones until their retention ends."""
+    def list_invocations(self, query: InvocationQuery) -> InvocationPage:
+        """A page of the invocations the scheduler holds (finished ones until their
+        retention ends) that match `query`, in id order."""
+        ...
+
+    def ahead_of(self, invocation: Invocation) -> int:
+        """How many the scheduler takes before this pending (or awaiting) invocation."""
+        ...
+
+    def queue(self, queue_id: QueueId) -> VirtualQueue | None:
+        """The queue with this id; None when it is idle or unknown."""
         ...
 
     def queues(self) -> list[VirtualQueue]:

@@ -25,8 +25,10 @@ from pipeline.errors import PipelineError
 from pipeline.kafka.access import check_access
 from pipeline.runtime.commands import InvocationCommandProducer
 from pipeline.runtime.limit_rules import LimitRuleStore, LimitRuleWriter
-from pipeline.runtime.views import LimitRulesView, SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
+from pipeline.views.catalog import ServiceCatalogView
+from pipeline.views.limits import LimitRulesView
+from pipeline.views.scheduler_state import SchedulerStateView
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def _start_adapters(settings: Settings, catch_up_timeout_s: float) -> _Adapters:
     cluster = settings.cluster.as_role("admin")
     check_access(cluster)
     names, codec = settings.topic_names, WireCodec()
-    state = SchedulerStateView(cluster, names, codec)
+    state = SchedulerStateView(cluster, names, codec, settings.state_dir, settings.instance_id)
     services = ServiceCatalogView(cluster, names, codec)
     rules = LimitRulesView(cluster, names, codec)
     with contextlib.ExitStack() as undo_on_failure:
@@ -159,7 +161,13 @@ def _app(settings: Settings, adapters: _Adapters) -> FastAPI:
 
 def _uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=settings.admin_api_host, port=settings.admin_api_port, log_level="info"
+        app,
+        host=settings.admin_api_host,
+        port=settings.admin_api_port,
+        log_level="info",
+        # A request line with the longest ids, percent-encoded, exceeds h11's default
+        # 16 KiB: it would be refused as text/plain before the app could answer.
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 

@@ -558,11 +558,12 @@ def _read_scheduler_state(
     from pipeline.codec.records import WireCodec
     from pipeline.errors import RetryableError
     from pipeline.runtime.limit_rules import LimitRuleReader
-    from pipeline.runtime.views import SchedulerStateView
+    from pipeline.views.scheduler_state import SchedulerStateView
 
     codec = WireCodec()
     cluster = _cluster(settings)
-    view = SchedulerStateView(cluster, settings.topic_names, codec)
+    # A private replica, deleted on stop: the CLI reads the changelog once and exits.
+    view = SchedulerStateView(cluster, settings.topic_names, codec, settings.state_dir)
     reader = LimitRuleReader(cluster, settings.topic_names.limits, codec)
     try:
         view.start()

@@ -67,6 +67,10 @@ class DecodeError(ValidationError):
     """A record's bytes are not a valid record of the topic's contract."""
 
 
+class TooLarge(ValidationError):
+    """A value is larger than where it must go can hold; the message names both sizes."""
+
+
 class ConflictError(ValidationError):
     """The request disagrees with what already exists (e.g. a topic's partition count)."""
 

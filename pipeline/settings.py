@@ -125,7 +125,24 @@ class Settings(BaseSettings):
 
     admin_api_host: str = "127.0.0.1"
     admin_api_port: int = 8080
-    admin_api_tokens: tuple[SecretStr, ...] = (SecretStr("dev-token"),)
+    admin_api_tokens: tuple[SecretStr, ...] = Field(
+        default=(SecretStr("dev-token"),),
+        description="Admin API tokens of role admin: they may read and change everything.",
+    )
+    admin_api_read_tokens: tuple[SecretStr, ...] = Field(
+        default=(),
+        description="Admin API tokens of role read: GET only; any change is 403.",
+    )
+    admin_api_max_body_bytes: int = Field(
+        default=1024 * KIB,
+        ge=1 * KIB,
+        description="Largest Admin API request body; a larger one is 413 before it is read.",
+    )
+    admin_api_docs: Literal["public", "token", "off"] = Field(
+        default="public",
+        description="`/docs`, `/redoc` and `/openapi.json`: served to anyone (they hold no "
+        "data), only with a token, or not at all.",
+    )
 
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"

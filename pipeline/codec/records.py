@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar, assert_never
 
 from pipeline.codec import json_ingress
 from pipeline.codec.avro import HEADER_SIZE, MARKER, SchemaSet
+from pipeline.codec.state_keys import InvocationFacets
 from pipeline.core.deployment import DeploymentLimit, DeploymentLoad
 from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.lifecycle import InvocationStatus
@@ -375,6 +376,10 @@ class WireCodec:
 
     def decode_invocation_state(self, value: bytes) -> Invocation:
         return self._decode(INVOCATION_STATE, value, _invocation_from_avro)
+
+    def decode_invocation_facets(self, value: bytes) -> InvocationFacets:
+        """What indexes need of an invocation state, without building the rest."""
+        return self._decode(INVOCATION_STATE, value, _facets_from_avro)
 
     def encode_queue_state(self, queue: VirtualQueue) -> bytes:
         return self._encode(
@@ -745,6 +750,22 @@ def _invocation_from_avro(record: Avro) -> Invocation:
         awaiting_since_ms=record["awaiting_since_ms"],
         awaiting_call=record["awaiting_call"],
         holds_slot=record["holds_slot"],
+    )
+
+
+def _facets_from_avro(record: Avro) -> InvocationFacets:
+    request = record["request"]
+    service = request["target"]["service"]
+    return InvocationFacets(
+        id=request["id"],
+        status=_STATUS.from_avro[record["status"]],
+        service=service,
+        queue_id=QueueId.of(request["scope"], request["limit_key"], service),
+        scope=request["scope"],
+        priority=request["priority"],
+        queue_seq=record["queue_seq"],
+        deployment=record["deployment"],
+        awaiting_since_ms=record["awaiting_since_ms"],
     )
 
 

@@ -168,18 +168,15 @@ def _head_admission(
 
 def waiting_report(
     invocation: Invocation,
-    pending_in_queue: Iterable[Invocation],
+    ahead: int,
     queue: VirtualQueue | None,
     rules: Iterable[LimitRule],
     now_ms: int,
     scope: ScopeLoad | None = None,
 ) -> WaitingReport:
-    """Where `invocation` (pending) stands among the pending invocations of its queue.
-
-    `pending_in_queue` may hold anything (other queues, other statuses, the invocation
-    itself): only the other pending invocations of its queue count, so that callers can
-    pass a snapshot as they read it. `queue` None (its state not read yet) is taken as a
-    queue with nothing running and no rate debt.
+    """Where `invocation` (pending) stands in its queue, with `ahead` pending invocations
+    before it in the order the scheduler admits (`waiting_order`). `queue` None (its
+    state not read yet) is taken as a queue with nothing running and no rate debt.
     """
     if invocation.status is not InvocationStatus.PENDING:
         raise ValidationError(
@@ -187,15 +184,6 @@ def waiting_report(
             "only a pending invocation waits in a queue"
         )
     queue_id = invocation.queue_id
-    mine = order_key(invocation)
-    ahead = sum(
-        1
-        for other in pending_in_queue
-        if other.id != invocation.id
-        and other.status is InvocationStatus.PENDING
-        and other.queue_id == queue_id
-        and order_key(other) < mine
-    )
     state = queue if queue is not None else VirtualQueue(queue_id)
     rules = tuple(rules)
     verdict = _head_admission(
@@ -217,11 +205,10 @@ def waiting_report(
     )
 
 
-def awaiting_report(invocation: Invocation, awaiting: Iterable[Invocation]) -> WaitingReport:
-    """Where `invocation` (awaiting capacity) stands among those awaiting the same cap.
-
-    `ahead` counts the ones before it in the order its partition takes them in; the
-    partitions take turns, so it is the order on its partition, not across all.
+def awaiting_report(invocation: Invocation, ahead: int) -> WaitingReport:
+    """Where `invocation` (awaiting capacity) stands among those awaiting the same cap,
+    with `ahead` before it in the order its partition takes them in (`awaiting_order`);
+    the partitions take turns, so it is the order on its partition, not across all.
     """
     deployment = invocation.deployment
     if invocation.status is not InvocationStatus.AWAITING_CAPACITY or deployment is None:
@@ -229,17 +216,6 @@ def awaiting_report(invocation: Invocation, awaiting: Iterable[Invocation]) -> W
             f"invocation {invocation.id!r} is {invocation.status.value}, not awaiting "
             "deployment capacity"
         )
-    mine = _awaiting_order(invocation)
-    partition_key = invocation.request.partition_key
-    ahead = sum(
-        1
-        for other in awaiting
-        if other.status is InvocationStatus.AWAITING_CAPACITY
-        and other.deployment == deployment
-        and other.id != invocation.id
-        and other.request.partition_key == partition_key
-        and _awaiting_order(other) < mine
-    )
     return WaitingReport(
         queue_id=invocation.queue_id,
         position=ahead + 1,
@@ -249,10 +225,6 @@ def awaiting_report(invocation: Invocation, awaiting: Iterable[Invocation]) -> W
         level=LimitLevel.DEPLOYMENT,
         deployment=deployment,
     )
-
-
-def _awaiting_order(invocation: Invocation) -> tuple[int, int, str]:
-    return (invocation.request.priority, invocation.awaiting_since_ms or 0, invocation.id)
 
 
 def explain(report: QueueReport) -> str:
@@ -332,12 +304,6 @@ def parse_queue_address(scope: str, limit_key: str) -> QueueId:
 def parse_scope(scope: str) -> str:
     """A scope as an address writes it: `~` is the empty scope of default queues."""
     return "" if scope == DEFAULT_SCOPE else scope
-
-
-def order_key(invocation: Invocation) -> tuple[int, int, str]:
-    """The order the scheduler admits a queue's pending invocations in; the id only
-    breaks ties, which a queue's sequence numbers never leave."""
-    return (invocation.request.priority, invocation.queue_seq, invocation.id)
 
 
 def _next_eligible_ms(

@@ -27,6 +27,7 @@ concurrency) and readers can drop any copy older than the one they hold.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -36,6 +37,7 @@ from pipeline.errors import ConflictError, NotFoundError, ValidationError
 
 # Slower than one start a day, the next start time outgrows any timer a queue keeps.
 MIN_RATE_PER_S = 1 / 86_400
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +222,12 @@ def put(ruleset: RuleSet, rules: Sequence[LimitRule], expected_version: int | No
     for rule in rules:
         # Checked where rules come in, not in LimitRule: a rule set stored before scope
         # budgets existed must stay readable (its max_queued on a scope is ignored).
+        control = _CONTROL.search(rule.id)
+        if control is not None:
+            raise ValidationError(
+                f"rule id {rule.id!r} has the control character {control.group()!r}: "
+                "an id is named in paths (DELETE /limits/rules/{id}), where none may be"
+            )
         if rule.pattern.is_scope_budget and rule.max_queued is not None:
             raise ValidationError(
                 f"rule {rule.id!r}: max_queued caps each queue's backlog, and pattern "
@@ -231,7 +239,8 @@ def put(ruleset: RuleSet, rules: Sequence[LimitRule], expected_version: int | No
             "the batch has no rules, so it would change nothing: send at least one rule "
             "(rules are removed one by one, by id)"
         )
-    _check_unique_ids(rules, "the batch")
+    # Applied in order: a rule whose id came earlier in the batch replaces it, as it
+    # would in the rule set, so a batch means what the same PUTs one by one mean.
     by_id = {rule.id: rule for rule in ruleset.rules}
     by_id.update((rule.id, rule) for rule in rules)
     return replace(ruleset, version=ruleset.version + 1, rules=_ordered(by_id.values()))

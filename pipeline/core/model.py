@@ -10,8 +10,8 @@ from pipeline.errors import ValidationError
 
 Headers = tuple[tuple[str, bytes], ...]
 
-_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_LIMIT_KEY_PART = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+SCOPE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+LIMIT_KEY_PART_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 # Counts kept in Avro `int` fields (limits, caps): a reader could not decode a larger one.
 MAX_AVRO_INT = 2**31 - 1
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
@@ -73,6 +73,13 @@ class QueueId:
         return cls("", service)
 
     @classmethod
+    def of(cls, scope: str | None, limit_key: str | None, service: str) -> QueueId:
+        """The queue a request with this scope and limit key waits in."""
+        if scope is None:
+            return cls.service_default(service)
+        return cls(scope, limit_key or service)
+
+    @classmethod
     def parse(cls, text: str) -> QueueId:
         scope, sep, limit_key = text.partition("/")
         if not sep or not limit_key:
@@ -81,14 +88,14 @@ class QueueId:
 
 
 def validate_scope(scope: str) -> str:
-    if not _SCOPE.fullmatch(scope):
+    if not SCOPE_PATTERN.fullmatch(scope):
         raise ValidationError(f"scope {scope!r} is not valid: use 1-64 of [A-Za-z0-9_.-]")
     return scope
 
 
 def validate_limit_key(limit_key: str) -> str:
     parts = limit_key.split("/")
-    if len(parts) > 2 or not all(_LIMIT_KEY_PART.fullmatch(p) for p in parts):
+    if len(parts) > 2 or not all(LIMIT_KEY_PART_PATTERN.fullmatch(p) for p in parts):
         raise ValidationError(
             f"limit key {limit_key!r} is not valid: write L1 or L1/L2, "
             "each part 1-128 of [A-Za-z0-9_.:@-]"
@@ -153,9 +160,7 @@ class InvocationRequest:
 
     @property
     def queue_id(self) -> QueueId:
-        if self.scope is None:
-            return QueueId.service_default(self.target.service)
-        return QueueId(self.scope, self.limit_key or self.target.service)
+        return QueueId.of(self.scope, self.limit_key, self.target.service)
 
     def header(self, name: str) -> bytes | None:
         for key, value in self.headers:

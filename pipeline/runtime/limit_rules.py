@@ -30,7 +30,7 @@ from confluent_kafka import (
 
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import RuleSet
-from pipeline.errors import ConflictError, RetryableError, ValidationError
+from pipeline.errors import ConflictError, RetryableError, TooLarge, ValidationError
 from pipeline.kafka.config import ClusterConfig
 from pipeline.runtime.confirmed_send import DEFAULT_ACK_TIMEOUT_S, ConfirmedProducer
 
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 RULES_KEY = b"rules"
 """The one key of the limits topic: compaction keeps only its newest record."""
 
+
+MAX_RULES_RECORD_BYTES = 1_000_000
+"""The producer's default `message.max.bytes`: the whole rule set is one record."""
 
 _POLL_BATCH = 100
 _MAX_POLL_WAIT_S = 0.5
@@ -193,11 +196,20 @@ class LimitRuleWriter:
         self._producer = ConfirmedProducer(cluster, "pipeline-limits", ack_timeout_s=ack_timeout_s)
 
     def write(self, ruleset: RuleSet) -> None:
-        """Write `ruleset`; `RetryableError` when Kafka did not acknowledge it in time."""
+        """Write `ruleset`; `RetryableError` when Kafka did not acknowledge it in time,
+        `TooLarge` when it does not fit in one record (no retry can help)."""
+        encoded = self._codec.encode_ruleset(ruleset)
+        if len(encoded) > MAX_RULES_RECORD_BYTES:
+            raise TooLarge(
+                f"limit rules version {ruleset.version} ({len(ruleset.rules)} rules) encode to "
+                f"{len(encoded)} bytes, more than the {MAX_RULES_RECORD_BYTES} bytes of one "
+                f"record of {self._topic}: delete rules no longer needed, or cover queues "
+                "with fewer, broader patterns"
+            )
         self._producer.send(
             self._topic,
             RULES_KEY,
-            self._codec.encode_ruleset(ruleset),
+            encoded,
             partition=0,
             what=f"limit rules version {ruleset.version}",
             # It may still land; a retry then computes the next version from what readers see.

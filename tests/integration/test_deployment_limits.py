@@ -24,8 +24,9 @@ from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.limits import delete_deployment_limit, put_deployment_limit
 from pipeline.kafka.config import ClusterConfig
 from pipeline.runtime.limit_rules import LimitRuleReader, LimitRuleWriter
-from pipeline.runtime.views import SchedulerStateView
 from pipeline.settings import Settings
+from pipeline.views.invocation_index import InvocationQuery
+from pipeline.views.scheduler_state import SchedulerStateView
 from tests.integration.test_flow_control import max_overlap
 from tests.support.runtime import (
     register,
@@ -137,9 +138,9 @@ def test_lifting_the_cap_starts_what_awaits_it_and_no_unit_is_lost(
             send(client, 20, 0.05)
             deadline = time.monotonic() + 30
             while True:
-                awaiting = [
-                    i for i in view.invocations() if i.status is InvocationStatus.AWAITING_CAPACITY
-                ]
+                awaiting = view.list_invocations(
+                    InvocationQuery(status=InvocationStatus.AWAITING_CAPACITY)
+                ).invocations
                 load = view.deployment_load("Pool")
                 # The view reads each changelog partition on its own: the home's count
                 # may trail the invocations' rows on other partitions for a moment.

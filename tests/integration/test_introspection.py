@@ -19,8 +19,9 @@ from pipeline.codec.records import WireCodec
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put
 from pipeline.core.model import ResultStatus
 from pipeline.runtime.limit_rules import LimitRuleStore, LimitRuleWriter
-from pipeline.runtime.views import LimitRulesView, SchedulerStateView
 from pipeline.settings import Settings
+from pipeline.views.limits import LimitRulesView
+from pipeline.views.scheduler_state import SchedulerStateView
 from tests.support.limit_rules import RecordingWriter
 from tests.support.runtime import run_cli, running_pipeline, runtime_settings
 from tests.unit.test_admin_api import CommandLog, ServiceTable

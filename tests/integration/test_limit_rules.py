@@ -21,10 +21,11 @@ from pipeline.runtime.limit_rules import (
     LimitRuleStore,
     LimitRuleWriter,
 )
-from pipeline.runtime.views import LimitRulesView
 from pipeline.settings import Settings
+from pipeline.views.limits import LimitRulesView
 from tests.support.runtime import run_cli, runtime_settings
-from tests.unit.test_admin_api import CommandLog, InvocationTable, ServiceTable
+from tests.support.state_replica import replica
+from tests.unit.test_admin_api import CommandLog, ServiceTable
 from topics.provision import provision
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,7 @@ def api(settings: Settings, codec: WireCodec) -> Iterator[TestClient]:
         assert view.wait_caught_up(TIMEOUT_S)
         app = create_app(
             settings,
-            invocations=InvocationTable(),
+            invocations=replica(),
             services=ServiceTable(),
             commands=CommandLog(),
             limits=LimitRuleStore(view, writer),

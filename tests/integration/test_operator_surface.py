@@ -15,8 +15,9 @@ from pipeline.client import Client
 from pipeline.codec.records import WireCodec
 from pipeline.examples.greeter import service as greeter
 from pipeline.runtime.commands import InvocationCommandProducer
-from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
+from pipeline.views.catalog import ServiceCatalogView
+from pipeline.views.scheduler_state import SchedulerStateView
 from tests.support.limit_rules import memory_limit_rules
 from tests.support.runtime import run_cli, running_pipeline, runtime_settings
 from topics.provision import TopicMismatch, provision

@@ -19,8 +19,9 @@ from pipeline.core.model import OnExhausted, ResultStatus
 from pipeline.core.partitioning import partition_for
 from pipeline.core.state import Invocation
 from pipeline.runtime.commands import InvocationCommandProducer
-from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
 from pipeline.settings import Settings
+from pipeline.views.catalog import ServiceCatalogView
+from pipeline.views.scheduler_state import SchedulerStateView
 from tests.support.limit_rules import memory_limit_rules
 from tests.support.runtime import run_cli, running_pipeline, runtime_settings
 

@@ -14,7 +14,7 @@ from pipeline.client import Client
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import LimitRule, RulePattern
 from pipeline.runtime.scheduler.partition_state import PartitionState
-from pipeline.runtime.scheduler.state_store import StateStore
+from pipeline.runtime.state_store import StateStore
 from pipeline.settings import Settings
 from tests.integration.test_flow_control import write_rules
 from tests.support.runtime import register, running_scheduler, running_worker, runtime_settings

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -28,7 +30,9 @@ from pipeline.core.model import (
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import NotFoundError
 from pipeline.kafka.config import ClusterConfig
-from pipeline.runtime.views import SchedulerStateView, ServiceCatalogView
+from pipeline.views.catalog import ServiceCatalogView
+from pipeline.views.invocation_index import InvocationQuery
+from pipeline.views.scheduler_state import SchedulerStateView
 from topics import TopicNames
 from topics.catalogue import COMPACTED
 
@@ -215,3 +219,92 @@ def test_a_missing_topic_is_named_in_the_error(
 
     with pytest.raises(NotFoundError, match=names.scheduler_state):
         view.start()
+
+
+def test_a_kept_replica_resumes_where_it_stopped_and_sees_what_came_meanwhile(
+    kafka_bootstrap: str,
+    names: TopicNames,
+    producer: Producer,
+    codec: WireCodec,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = invocation("inv-first", InvocationStatus.PENDING)
+    write(producer, [(names.scheduler_state, "i/inv-first", codec.encode_invocation_state(first))])
+    cluster = ClusterConfig(kafka_bootstrap)
+
+    view = SchedulerStateView(cluster, names, codec, tmp_path, instance_id="pod-0")
+    view.start()
+    assert view.wait_caught_up(TIMEOUT_S)
+    view.stop()
+
+    done = invocation("inv-first", InvocationStatus.COMPLETED)
+    later = invocation("inv-later", InvocationStatus.PENDING)
+    write(
+        producer,
+        [
+            (names.scheduler_state, "i/inv-first", codec.encode_invocation_state(done)),
+            (names.scheduler_state, "i/inv-later", codec.encode_invocation_state(later)),
+        ],
+    )
+    caplog.set_level(logging.INFO, logger="pipeline.views.scheduler_state")
+    again = SchedulerStateView(cluster, names, codec, tmp_path, instance_id="pod-0")
+    again.start()
+    try:
+        assert again.wait_caught_up(TIMEOUT_S)
+        assert "resumes from" in caplog.text
+        assert again.invocation("inv-first") == done
+        assert again.invocation("inv-later") == later
+        pending = again.list_invocations(InvocationQuery(status=InvocationStatus.PENDING))
+        assert [i.id for i in pending.invocations] == ["inv-later"]
+    finally:
+        again.stop()
+
+
+def test_a_kept_replica_of_a_recreated_topic_reads_it_again(
+    kafka_bootstrap: str, topic_prefix: str, codec: WireCodec, tmp_path: Path
+) -> None:
+    cluster = ClusterConfig(kafka_bootstrap)
+    names = TopicNames(f"{topic_prefix}again.")
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    def create() -> None:
+        topic = NewTopic(names.scheduler_state, num_partitions=1, replication_factor=1)
+        for future in admin.create_topics([topic]).values():
+            future.result(timeout=TIMEOUT_S)
+
+    create()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for n in range(5):
+        state = invocation(f"old-{n}", InvocationStatus.COMPLETED)
+        producer.produce(
+            names.scheduler_state, key=f"i/old-{n}", value=codec.encode_invocation_state(state)
+        )
+    producer.flush(TIMEOUT_S)
+    view = SchedulerStateView(cluster, names, codec, tmp_path, instance_id="pod-0")
+    view.start()
+    assert view.wait_caught_up(TIMEOUT_S)
+    view.stop()
+
+    for future in admin.delete_topics([names.scheduler_state]).values():
+        future.result(timeout=TIMEOUT_S)
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        try:
+            create()
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "the topic could not be created again"
+            time.sleep(0.5)
+    fresh = invocation("new", InvocationStatus.PENDING)
+    producer.produce(names.scheduler_state, key="i/new", value=codec.encode_invocation_state(fresh))
+    producer.flush(TIMEOUT_S)
+
+    again = SchedulerStateView(cluster, names, codec, tmp_path, instance_id="pod-0")
+    again.start()
+    try:
+        assert again.wait_caught_up(TIMEOUT_S)
+        assert again.invocation("new") == fresh
+        assert again.invocation("old-0") is None, "rows of the deleted topic survived"
+    finally:
+        again.stop()

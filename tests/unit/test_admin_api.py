@@ -9,8 +9,6 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from admin_api import create_app
-from pipeline.core.deployment import DeploymentLoad
-from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import (
     EntryKind,
@@ -23,42 +21,15 @@ from pipeline.core.model import (
     ServiceDefinition,
     Target,
 )
-from pipeline.core.state import Invocation, VirtualQueue
+from pipeline.core.state import Invocation
 from pipeline.errors import RetryableError, ValidationError
 from pipeline.runtime.limit_rules import LimitRuleStore
 from pipeline.settings import Settings
 from tests.support.limit_rules import memory_limit_rules
+from tests.support.state_replica import replica
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class InvocationTable:
-    def __init__(
-        self, invocations: Iterable[Invocation] = (), queues: Iterable[VirtualQueue] = ()
-    ) -> None:
-        self._by_id = {invocation.id: invocation for invocation in invocations}
-        self._queues = {str(queue.id): queue for queue in queues}
-        self.deployments: dict[str, DeploymentLoad] = {}
-
-    def invocation(self, invocation_id: str) -> Invocation | None:
-        return self._by_id.get(invocation_id)
-
-    def invocations(self) -> list[Invocation]:
-        return sorted(self._by_id.values(), key=lambda invocation: invocation.id)
-
-    def queues(self) -> list[VirtualQueue]:
-        return [self._queues[key] for key in sorted(self._queues)]
-
-    def deployment_load(self, deployment: str) -> DeploymentLoad | None:
-        return self.deployments.get(deployment)
-
-    def scope_load(self, scope: str) -> ScopeLoad | None:
-        load = ScopeLoad(scope)
-        for queue in self._queues.values():
-            if queue.id.scope == scope:
-                load = load.counted(None, queue)
-        return None if load == ScopeLoad(scope) else load
 
 
 class ServiceTable:
@@ -97,7 +68,7 @@ def client(
 ) -> TestClient:
     app = create_app(
         settings(),
-        invocations=InvocationTable(invocations),
+        invocations=replica(invocations),
         services=ServiceTable(services),
         commands=commands if commands is not None else CommandLog(),
         limits=limits if limits is not None else memory_limit_rules(),
@@ -180,7 +151,7 @@ def test_wrong_token_is_401(header: str | bytes) -> None:
 def test_any_configured_token_is_accepted() -> None:
     app = create_app(
         settings("first", "second"),
-        invocations=InvocationTable(),
+        invocations=replica(),
         services=ServiceTable(),
         commands=CommandLog(),
         limits=memory_limit_rules(),
@@ -195,7 +166,7 @@ def test_an_app_without_tokens_is_refused_at_build_time() -> None:
     with pytest.raises(ValidationError, match="PIPELINE_ADMIN_API_TOKENS"):
         create_app(
             Settings(admin_api_tokens=()),
-            invocations=InvocationTable(),
+            invocations=replica(),
             services=ServiceTable(),
             commands=CommandLog(),
             limits=memory_limit_rules(),
@@ -429,6 +400,7 @@ def test_openapi_documents_every_route_with_a_summary() -> None:
     paths = schema["paths"]
     assert set(paths) == {
         "/health",
+        "/invocations",
         "/invocations/{invocation_id}",
         "/invocations/{invocation_id}/resume",
         "/services",
@@ -477,3 +449,59 @@ def test_a_suspended_invocation_names_the_call_it_awaits() -> None:
         .json()["awaiting_call"]
         is None
     )
+
+
+def test_invocations_are_listed_a_page_at_a_time_with_filters() -> None:
+    def made(n: int, status: InvocationStatus) -> Invocation:
+        request = InvocationRequest(
+            id=f"inv-{n:03d}",
+            target=Target("Billing" if n % 2 else "Greeter", "run"),
+            input=b"{}",
+            created_at_ms=1_700_000_000_000,
+            scope="tenant-a" if n % 3 == 0 else None,
+            limit_key="u" if n % 3 == 0 else None,
+        )
+        return Invocation(request=request, status=status, queue_seq=n)
+
+    everyone = [
+        made(n, InvocationStatus.COMPLETED if n < 30 else InvocationStatus.PENDING)
+        for n in range(40)
+    ]
+    api = client(everyone)
+
+    first = api.get("/invocations", params={"limit": 25}, headers=AUTH).json()
+    second = api.get(
+        "/invocations", params={"limit": 25, "cursor": first["next_cursor"]}, headers=AUTH
+    ).json()
+    assert [i["id"] for i in first["invocations"] + second["invocations"]] == [
+        i.id for i in everyone
+    ]
+    assert second["next_cursor"] is None
+    assert first["invocations"][0]["path"] == "/invocations/inv-000"
+
+    filtered = api.get(
+        "/invocations",
+        params={"status": "pending", "service": "Billing", "scope": "~"},
+        headers=AUTH,
+    ).json()
+    assert [i["id"] for i in filtered["invocations"]] == [
+        f"inv-{n:03d}" for n in range(30, 40) if n % 2 and n % 3
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "names"),
+    [
+        ({"status": "done"}, "status"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 5000}, "limit"),
+        ({"cursor": "%%%"}, "cursor"),
+    ],
+)
+def test_a_bad_list_query_is_422_naming_the_parameter(
+    params: dict[str, object], names: str
+) -> None:
+    response = client().get("/invocations", params=params, headers=AUTH)
+
+    assert response.status_code == 422, response.text
+    assert names in response.text

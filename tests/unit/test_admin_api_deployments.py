@@ -12,7 +12,8 @@ from pipeline.core.model import HandlerDefinition, ServiceDefinition
 from pipeline.runtime.limit_rules import LimitRuleStore
 from pipeline.settings import Settings
 from tests.support.limit_rules import RecordingWriter, memory_limit_rules
-from tests.unit.test_admin_api import CommandLog, InvocationTable, ServiceTable
+from tests.support.state_replica import replica
+from tests.unit.test_admin_api import CommandLog, ServiceTable
 
 TOKEN = "s3cret-token"
 GREETER = ServiceDefinition("Greeter", (HandlerDefinition("greet"),))
@@ -20,8 +21,7 @@ RULE = LimitRule("acme", RulePattern.parse("acme/*"), concurrency=2)
 
 
 def http(limits: LimitRuleStore, loads: dict[str, DeploymentLoad] | None = None) -> TestClient:
-    invocations = InvocationTable()
-    invocations.deployments.update(loads or {})
+    invocations = replica(deployments=loads)
     app = create_app(
         Settings(admin_api_tokens=(SecretStr(TOKEN),)),
         invocations=invocations,

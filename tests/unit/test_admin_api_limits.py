@@ -12,7 +12,8 @@ from pipeline.errors import RetryableError
 from pipeline.runtime.limit_rules import LimitRuleStore
 from pipeline.settings import Settings
 from tests.support.limit_rules import RecordingWriter, memory_limit_rules
-from tests.unit.test_admin_api import CommandLog, InvocationTable, ServiceTable
+from tests.support.state_replica import replica
+from tests.unit.test_admin_api import CommandLog, ServiceTable
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -24,7 +25,7 @@ EVERYONE = LimitRule("everyone", RulePattern.parse("*"), rate_per_s=50.0, burst=
 def http(limits: LimitRuleStore) -> TestClient:
     app = create_app(
         Settings(admin_api_tokens=(SecretStr(TOKEN),)),
-        invocations=InvocationTable(),
+        invocations=replica(),
         services=ServiceTable(),
         commands=CommandLog(),
         limits=limits,
@@ -149,14 +150,14 @@ def test_json_true_is_no_number_and_0_no_boolean(field: str, value: object) -> N
     assert writer.written == []
 
 
-def test_duplicate_ids_in_a_batch_are_422_naming_the_id() -> None:
+def test_a_batch_is_applied_in_order_so_a_repeated_id_ends_as_its_last_rule() -> None:
     response = http(memory_limit_rules()).put(
         "/limits/rules",
         json={"rules": [{"id": "a", "pattern": "*"}, {"id": "a", "pattern": "acme"}]},
     )
 
-    assert response.status_code == 422
-    assert "rule id 'a' appears more than once" in response.json()["error"]["message"]
+    assert response.status_code == 200, response.text
+    assert [(r["id"], r["pattern"]) for r in response.json()["rules"]] == [("a", "acme")]
 
 
 def test_an_unknown_field_is_422_naming_it() -> None:

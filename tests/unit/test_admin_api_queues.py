@@ -14,7 +14,8 @@ from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import InvocationRequest, QueueId, Target
 from pipeline.core.state import Invocation, VirtualQueue
 from tests.support.limit_rules import memory_limit_rules
-from tests.unit.test_admin_api import AUTH, CommandLog, InvocationTable, ServiceTable, settings
+from tests.support.state_replica import replica
+from tests.unit.test_admin_api import AUTH, CommandLog, ServiceTable, settings
 
 NOW = 1_700_000_000_000
 ACME = QueueId("acme", "user-9")
@@ -32,7 +33,7 @@ def client(
 ) -> TestClient:
     app = create_app(
         settings(),
-        invocations=InvocationTable(invocations, queues),
+        invocations=replica(invocations, queues),
         services=ServiceTable(),
         commands=CommandLog(),
         limits=memory_limit_rules(RULES),
@@ -184,7 +185,7 @@ def test_a_queue_held_by_its_scope_budget_says_so() -> None:
     )
     app = create_app(
         settings(),
-        invocations=InvocationTable((), queues),
+        invocations=replica((), queues),
         services=ServiceTable(),
         commands=CommandLog(),
         limits=memory_limit_rules(rules),

@@ -18,7 +18,7 @@ from pipeline.core.state import Invocation
 from pipeline.runtime.scheduler.capacity import CapacityExchange, home_partition
 from pipeline.runtime.scheduler.partition_state import PartitionState
 from pipeline.runtime.scheduler.queue_pump import RulesInForce
-from pipeline.runtime.scheduler.state_store import StateStore
+from pipeline.runtime.state_store import StateStore
 
 CODEC = WireCodec()
 PARTITIONS = 4

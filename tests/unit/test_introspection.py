@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from pipeline.core.admission import Blocker, LimitLevel
 from pipeline.core.introspection import (
@@ -133,77 +131,22 @@ def test_nothing_queued_means_no_head_and_no_blocker() -> None:
     )
 
 
-def test_waiting_position_orders_by_priority_then_sequence() -> None:
-    first = pending("a", seq=5, priority=1)
-    second = pending("b", seq=1, priority=5)
-    third = pending("c", seq=2, priority=5)
-    everyone = [third, first, second]
-    queue = VirtualQueue(QUEUE, queued=3, running=1)
-    rules = [rule(concurrency=1)]
-
-    reports = [waiting_report(inv, everyone, queue, rules, NOW) for inv in (first, second, third)]
-
-    assert [(r.position, r.ahead) for r in reports] == [(1, 0), (2, 1), (3, 2)]
-    assert {r.blocker for r in reports} == {Blocker.CONCURRENCY}
-    assert {r.queue_id for r in reports} == {QUEUE}
-
-
-def test_only_pending_invocations_of_the_same_queue_count() -> None:
-    me = pending("me", seq=9)
-    others = [
-        pending("running", seq=1, status=InvocationStatus.RUNNING),
-        pending("other-queue", seq=1, key="other"),
-        pending("backing-off", seq=2, status=InvocationStatus.BACKING_OFF),
-        pending("ahead", seq=3),
-        me,
-    ]
-    report = waiting_report(me, others, VirtualQueue(QUEUE, queued=2), (), NOW)
-
-    assert (report.position, report.ahead, report.blocker) == (2, 1, None)
-
-
 def test_rate_blocker_of_the_head_is_shown_with_its_instant() -> None:
     queue = VirtualQueue(QUEUE, queued=1, rate_tat_ms=NOW + 250.0)
-    report = waiting_report(pending("a", 0), [], queue, [rule(rate_per_s=4.0)], NOW)
+    report = waiting_report(pending("a", 0), 0, queue, [rule(rate_per_s=4.0)], NOW)
 
     assert (report.blocker, report.blocked_until_ms) == (Blocker.RATE, NOW + 250)
 
 
 def test_an_unread_queue_state_counts_as_an_empty_queue() -> None:
-    report = waiting_report(pending("a", 0), [], None, [rule(concurrency=0)], NOW)
+    report = waiting_report(pending("a", 0), 0, None, [rule(concurrency=0)], NOW)
 
     assert (report.position, report.blocker) == (1, Blocker.CONCURRENCY)
 
 
 def test_a_non_pending_invocation_has_no_waiting_report() -> None:
     with pytest.raises(ValidationError, match="not pending"):
-        waiting_report(pending("a", 0, status=InvocationStatus.RUNNING), [], None, (), NOW)
-
-
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 9), st.integers(0, 20)),
-        min_size=1,
-        max_size=30,
-        unique_by=lambda entry: entry[1],
-    )
-)
-def test_positions_are_a_permutation_in_priority_then_fifo_order(
-    entries: list[tuple[int, int]],
-) -> None:
-    invocations = [
-        pending(f"i{n}", seq=seq, priority=priority) for n, (priority, seq) in enumerate(entries)
-    ]
-    queue = VirtualQueue(QUEUE, queued=len(invocations))
-
-    positions = {
-        inv.id: waiting_report(inv, invocations, queue, (), NOW).position for inv in invocations
-    }
-
-    assert sorted(positions.values()) == list(range(1, len(invocations) + 1))
-    by_position = sorted(invocations, key=lambda inv: positions[inv.id])
-    keys = [(inv.request.priority, inv.queue_seq) for inv in by_position]
-    assert keys == sorted(keys)
+        waiting_report(pending("a", 0, status=InvocationStatus.RUNNING), 0, None, (), NOW)
 
 
 @pytest.mark.parametrize(
@@ -259,20 +202,15 @@ def test_slots_held_by_invocations_awaiting_their_deployment_block_the_head_ther
     assert queue_report(busy, [rule(concurrency=2)], NOW).head_blocker is Blocker.CONCURRENCY
 
 
-def test_an_awaiting_invocation_counts_those_before_it_on_its_partition() -> None:
-    def awaiting(invocation_id: str, since: int, priority: int = 5) -> Invocation:
-        invocation = pending(invocation_id, 0, priority=priority)
-        return replace(
-            invocation,
-            status=InvocationStatus.AWAITING_CAPACITY,
-            deployment="S",
-            awaiting_since_ms=since,
-        )
-
-    me = awaiting("me", since=20)
-    others = [awaiting("early", 10), awaiting("late", 30), awaiting("urgent", 40, priority=0)]
-    report = awaiting_report(me, [me, *others])
+def test_an_awaiting_report_names_the_deployment_and_only_fits_awaiting_invocations() -> None:
+    me = replace(
+        pending("me", 0),
+        status=InvocationStatus.AWAITING_CAPACITY,
+        deployment="S",
+        awaiting_since_ms=20,
+    )
+    report = awaiting_report(me, 2)
     assert (report.position, report.ahead) == (3, 2)
     assert report.blocker is Blocker.DEPLOYMENT_CAPACITY and report.deployment == "S"
     with pytest.raises(ValidationError, match="not awaiting deployment capacity"):
-        awaiting_report(pending("p", 0), [])
+        awaiting_report(pending("p", 0), 0)

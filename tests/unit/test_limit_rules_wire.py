@@ -11,8 +11,21 @@ from hypothesis import strategies as st
 from pipeline.codec.records import LIMIT_RULES, WireCodec
 from pipeline.codec.rules_json import parse_batch, ruleset_to_json
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet
-from pipeline.errors import ConflictError, DecodeError, RetryableError, ValidationError
-from pipeline.runtime.limit_rules import RULES_KEY, LimitRuleStore, decode_record, newest
+from pipeline.errors import (
+    ConflictError,
+    DecodeError,
+    RetryableError,
+    TooLarge,
+    ValidationError,
+)
+from pipeline.kafka.config import ClusterConfig
+from pipeline.runtime.limit_rules import (
+    RULES_KEY,
+    LimitRuleStore,
+    LimitRuleWriter,
+    decode_record,
+    newest,
+)
 from tests.support.limit_rules import MemoryRuleCache, RecordingWriter, memory_limit_rules
 from topics import TopicCatalogue, TopicNames
 
@@ -183,3 +196,16 @@ def test_cli_json_prints_what_it_reads() -> None:
 def test_cli_json_errors_say_where(document: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         parse_batch(document)
+
+
+def test_a_rule_set_larger_than_a_record_is_refused_as_too_large_not_retryable() -> None:
+    rules = tuple(
+        LimitRule(f"rule-{n:05d}-" + "x" * 200, RulePattern.parse(f"s{n}/*"), concurrency=1)
+        for n in range(6_000)
+    )
+    writer = LimitRuleWriter(ClusterConfig("127.0.0.1:1"), "limits", WireCodec())
+    try:
+        with pytest.raises(TooLarge, match="more than the 1000000 bytes"):
+            writer.write(RuleSet(1, rules))
+    finally:
+        writer.close(0.1)

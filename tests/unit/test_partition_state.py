@@ -10,14 +10,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.checkpoint import MAX_AGE_MS as CHECKPOINT_MAX_AGE_MS
 from pipeline.core.fair_share import fair_order
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import InvocationRequest, QueueId, Target
 from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.runtime.scheduler.partition_state import Checkpoint, PartitionState
 from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
-from pipeline.runtime.scheduler.restore import CHECKPOINT_MAX_AGE_MS, usable_start
-from pipeline.runtime.scheduler.state_store import StateStore
+from pipeline.runtime.scheduler.restore import usable_start
+from pipeline.runtime.state_store import StateStore
 
 CODEC = WireCodec()
 QUEUE = QueueId("acme", "user-1")

@@ -56,9 +56,10 @@ def test_version_mismatch_is_a_conflict_naming_both_versions() -> None:
         delete(ruleset, "a", expected_version=7)
 
 
-def test_a_batch_with_a_duplicate_id_is_refused_whole() -> None:
-    with pytest.raises(ValidationError, match="rule id 'x' appears more than once in the batch"):
-        put(RuleSet(), [rule("x"), rule("y"), rule("x", "acme")], None)
+def test_a_later_rule_of_a_batch_replaces_an_earlier_one_with_its_id() -> None:
+    updated = put(RuleSet(), [rule("x"), rule("y"), rule("x", "acme")], None)
+
+    assert updated.rules == (rule("x", "acme"), rule("y"))
 
 
 def test_an_empty_batch_is_refused() -> None:
@@ -131,11 +132,18 @@ def test_versions_step_by_one_ids_stay_unique_and_failures_change_nothing(
         assert len(ids) == len(set(ids))
         assert ids == sorted(ids)
         if isinstance(operation, Put):
-            # The whole batch is in force, and nothing else changed.
-            for new in operation.rules:
+            # The whole batch is in force (the last rule of a repeated id), and nothing
+            # else changed.
+            last = {new.id: new for new in operation.rules}
+            for new in last.values():
                 assert ruleset.rule(new.id) == new
             untouched = {r.id for r in before.rules} - {r.id for r in operation.rules}
             assert all(ruleset.rule(i) == before.rule(i) for i in untouched)
         else:
             assert ruleset.rule(operation.rule_id) is None
             assert len(ruleset.rules) == len(before.rules) - 1
+
+
+def test_a_rule_id_with_a_control_character_is_refused_as_it_comes_in() -> None:
+    with pytest.raises(ValidationError, match="control character"):
+        put(RuleSet(), [rule("tab\there")], None)

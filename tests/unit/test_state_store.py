@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.runtime.scheduler.state_store import StateStore
+from pipeline.runtime.state_store import StateStore
 
 _HOLD_OPEN = """
 import sys, time
 from pathlib import Path
-from pipeline.runtime.scheduler.state_store import StateStore
+from pipeline.runtime.state_store import StateStore
 store = StateStore(Path(sys.argv[1]), "group", None)
 print(store.path, flush=True)
 time.sleep(600)

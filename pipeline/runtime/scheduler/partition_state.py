@@ -42,19 +42,26 @@ from typing import TypeVar
 from rocksdict import WriteBatch
 
 from pipeline.codec.records import WireCodec
+from pipeline.codec.state_keys import (
+    InvocationFacets,
+    RowFamily,
+    awaiting_order,
+    deployment_key,
+    instant,
+    invocation_key,
+    parse_changelog_key,
+    queue_key,
+    scope_key,
+    waiting_order,
+)
 from pipeline.core.deployment import DeploymentLoad
 from pipeline.core.fair_share import ScopeLoad, arrival_tag
-from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import QueueId
 from pipeline.core.state import Invocation, VirtualQueue
-from pipeline.runtime.scheduler.state_store import StateStore, partition_prefix
+from pipeline.errors import DecodeError
+from pipeline.runtime.state_store import StateStore, partition_prefix
 
 log = logging.getLogger(__name__)
-
-INVOCATION_PREFIX = "i/"
-QUEUE_PREFIX = "q/"
-SCOPE_PREFIX = "s/"
-DEPLOYMENT_PREFIX = "d/"
 
 LAYOUT = 3  # 2: the `a` and `o` indexes; 3: `f` in place of `o`
 _CACHE_ROWS = 10_000
@@ -366,38 +373,17 @@ class PartitionState:
         self._index[key] = invocation_id.encode()
 
     def _awaiting_key(self, invocation: Invocation | None) -> bytes | None:
-        if (
-            invocation is None
-            or invocation.status is not InvocationStatus.AWAITING_CAPACITY
-            or invocation.deployment is None
-        ):
-            return None
-        return (
-            self._p
-            + b"a"
-            + invocation.deployment.encode()
-            + b"\x00"
-            + bytes([invocation.request.priority])
-            + _time(invocation.awaiting_since_ms or 0)
-            + invocation.id.encode()
-        )
+        order = None if invocation is None else awaiting_order(InvocationFacets.of(invocation))
+        return None if order is None else self._p + order
 
     def _waiting_key(self, invocation: Invocation | None) -> bytes | None:
-        if invocation is None or invocation.status is not InvocationStatus.PENDING:
-            return None
-        return (
-            self._p
-            + b"w"
-            + str(invocation.queue_id).encode()
-            + b"\x00"
-            + bytes([invocation.request.priority])
-            + invocation.queue_seq.to_bytes(8, "big")
-        )
+        order = None if invocation is None else waiting_order(InvocationFacets.of(invocation))
+        return None if order is None else self._p + order
 
     def _timer_key(self, invocation: Invocation | None) -> bytes | None:
         if invocation is None or invocation.wake_at_ms is None:
             return None
-        return self._p + b"t" + _time(invocation.wake_at_ms) + invocation.id.encode()
+        return self._p + b"t" + instant(invocation.wake_at_ms) + invocation.id.encode()
 
     def _queue_key(self, queue_id: QueueId) -> bytes:
         return self._p + b"q" + str(queue_id).encode()
@@ -405,13 +391,13 @@ class PartitionState:
     # -- timers and pumping ----------------------------------------------------------
 
     def wake_queue_at(self, queue_id: QueueId, at_ms: int) -> None:
-        key = self._p + b"k" + _time(at_ms) + str(queue_id).encode()
+        key = self._p + b"k" + instant(at_ms) + str(queue_id).encode()
         self._index[key] = b""
         heapq.heappush(self._new_wakes, key)
 
     def _pop_due_keys(self, tag: bytes, new: list[bytes], now_ms: int) -> list[bytes]:
         prefix = self._p + tag
-        upto = prefix + _time(now_ms) + b"\xff"
+        upto = prefix + instant(now_ms) + b"\xff"
         due: list[bytes] = []
         for key in self._scan(self._floor(prefix), prefix):
             if key > upto:
@@ -527,7 +513,7 @@ class PartitionState:
         return (
             invocation is not None
             and invocation.wake_at_ms is not None
-            and _time(invocation.wake_at_ms) == key[3:11]
+            and instant(invocation.wake_at_ms) == key[3:11]
         )
 
     # -- the batch -------------------------------------------------------------------
@@ -536,7 +522,7 @@ class PartitionState:
         """This batch's state rows as changelog records."""
         writes: list[ChangelogWrite] = []
         for invocation_id, invocation in self._invocations.items():
-            key = INVOCATION_PREFIX + invocation_id
+            key = invocation_key(invocation_id)
             if key in self._raw:
                 writes.append(ChangelogWrite(key, self._raw[key]))
             else:
@@ -545,7 +531,7 @@ class PartitionState:
                 )
                 writes.append(ChangelogWrite(key, encoded))
         for queue_id, queue in self._queues.items():
-            key = QUEUE_PREFIX + str(queue_id)
+            key = queue_key(queue_id)
             if key in self._raw:
                 writes.append(ChangelogWrite(key, self._raw[key]))
             else:
@@ -553,14 +539,14 @@ class PartitionState:
                 writes.append(ChangelogWrite(key, encoded))
         # After the queues: replayed in order, a scope's counts end as written here.
         for scope, load in self._scopes.items():
-            key = SCOPE_PREFIX + scope
+            key = scope_key(scope)
             if key in self._raw:
                 writes.append(ChangelogWrite(key, self._raw[key]))
             else:
                 encoded = None if load is None else self._codec.encode_scope_load(load)
                 writes.append(ChangelogWrite(key, encoded))
         for deployment, d_load in self._deployments.items():
-            key = DEPLOYMENT_PREFIX + deployment
+            key = deployment_key(deployment)
             if key in self._raw:
                 writes.append(ChangelogWrite(key, self._raw[key]))
             else:
@@ -648,33 +634,31 @@ class PartitionState:
     def apply_changelog(self, key: bytes | None, value: bytes | None, now_ms: int) -> None:
         """Fold one changelog record into the batch, as restoring does."""
         text = (key or b"").decode()
-        if text.startswith(INVOCATION_PREFIX):
-            invocation_id = text[len(INVOCATION_PREFIX) :]
-            if value is None:
-                self.forget_invocation(invocation_id)
-            else:
-                self.put_invocation(self._codec.decode_invocation_state(value))
-            self._raw[text] = value
-        elif text.startswith(QUEUE_PREFIX):
-            queue_id = QueueId.parse(text[len(QUEUE_PREFIX) :])
-            restored = None if value is None else self._codec.decode_queue_state(value)
-            self._reindex_queue(self.queue_or_none(queue_id), restored)
-            self._queues[queue_id] = restored
-            self._raw[text] = value
-            if not self.pump_pending:
-                self._touched_queues.add(queue_id)
-        elif text.startswith(SCOPE_PREFIX):
-            scope = text[len(SCOPE_PREFIX) :]
-            self._scopes[scope] = None if value is None else self._codec.decode_scope_load(value)
-            self._raw[text] = value
-        elif text.startswith(DEPLOYMENT_PREFIX):
-            deployment = text[len(DEPLOYMENT_PREFIX) :]
-            self._deployments[deployment] = (
-                None if value is None else self._codec.decode_deployment_load(value)
-            )
-            self._raw[text] = value
-        else:
-            log.warning("skipping changelog record with unknown key %r", text)
+        try:
+            family, name = parse_changelog_key(text)
+        except DecodeError as exc:
+            log.warning("skipping changelog record: %s", exc)
+            return
+        self._raw[text] = value
+        match family:
+            case RowFamily.INVOCATION:
+                if value is None:
+                    self.forget_invocation(name)
+                else:
+                    self.put_invocation(self._codec.decode_invocation_state(value))
+            case RowFamily.QUEUE:
+                queue_id = QueueId.parse(name)
+                restored = None if value is None else self._codec.decode_queue_state(value)
+                self._reindex_queue(self.queue_or_none(queue_id), restored)
+                self._queues[queue_id] = restored
+                if not self.pump_pending:
+                    self._touched_queues.add(queue_id)
+            case RowFamily.SCOPE:
+                self._scopes[name] = None if value is None else self._codec.decode_scope_load(value)
+            case RowFamily.DEPLOYMENT:
+                self._deployments[name] = (
+                    None if value is None else self._codec.decode_deployment_load(value)
+                )
 
 
 def _fair_key(partition_prefix: bytes, queue: VirtualQueue | None) -> bytes | None:
@@ -695,10 +679,6 @@ def _index_prefix(key: bytes) -> bytes:
     if key[2:3] in (b"w", b"a", b"f"):
         return key[: key.index(b"\x00", 3) + 1]
     return key[:3]
-
-
-def _time(at_ms: int) -> bytes:
-    return min(max(at_ms, 0), 2**64 - 1).to_bytes(8, "big")
 
 
 def _at(key: bytes) -> int:

@@ -102,8 +102,8 @@ from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
 from pipeline.runtime.scheduler.restore import restore
 from pipeline.runtime.scheduler.service_registry import ServiceRegistry
 from pipeline.runtime.scheduler.standby import StandbyCopies
-from pipeline.runtime.scheduler.state_store import StateStore, default_state_root
 from pipeline.runtime.scheduler.transactions import Stopping, Transactions, is_fenced, retrying
+from pipeline.runtime.state_store import StateStore, default_state_root
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

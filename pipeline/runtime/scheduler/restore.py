@@ -19,15 +19,13 @@ import logging
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline.codec.records import WireCodec
+from pipeline.core.checkpoint import SavedPosition, restart_reason
 from pipeline.kafka.config import ClientConfig
 from pipeline.runtime.scheduler.partition_state import LAYOUT, Checkpoint, PartitionState
-from pipeline.runtime.scheduler.state_store import StateStore
+from pipeline.runtime.state_store import StateStore
 
 log = logging.getLogger(__name__)
 
-# A compacted topic drops tombstones after `delete.retention.ms` (one day by default).
-# A checkpoint older than that may miss deletions, so it is thrown away instead.
-CHECKPOINT_MAX_AGE_MS = 12 * 3600 * 1000
 _RESTORE_COMMIT_EVERY = 5_000
 
 
@@ -98,26 +96,17 @@ def _written_offsets(
 def usable_start(
     checkpoint: Checkpoint | None, changelog: str, high: int, now_ms: int
 ) -> int | None:
-    if checkpoint is None or checkpoint.changelog != changelog:
-        return None
-    if checkpoint.layout != LAYOUT:
-        log.info(
-            "local state has derived rows of layout %d, this version keeps layout %d: "
-            "restoring in full",
-            checkpoint.layout,
-            LAYOUT,
+    saved = None
+    if checkpoint is not None:
+        saved = SavedPosition(
+            checkpoint.changelog, checkpoint.offset, checkpoint.saved_at_ms, checkpoint.layout
         )
+    reason = restart_reason(saved, changelog, LAYOUT, high, now_ms)
+    if reason is not None:
+        if checkpoint is not None:
+            log.info("local state of %s not resumable (%s): restoring in full", changelog, reason)
         return None
-    if checkpoint.offset > high:
-        log.warning("local checkpoint is ahead of %s (recreated?): restoring in full", changelog)
-        return None
-    # Age matters only when records follow the checkpoint. Every changelog write is
-    # transactional, so a committed record after it comes with a marker: at least two
-    # offsets; one offset more is just the marker of the checkpointed batch itself.
-    behind = high - checkpoint.offset > 1
-    if behind and now_ms - checkpoint.saved_at_ms > CHECKPOINT_MAX_AGE_MS:
-        log.info("local checkpoint older than %d ms: restoring in full", CHECKPOINT_MAX_AGE_MS)
-        return None
+    assert checkpoint is not None
     return checkpoint.offset
 
 

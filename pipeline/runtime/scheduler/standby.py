@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from pipeline.codec.records import WireCodec
 from pipeline.kafka.config import ClientConfig
 from pipeline.runtime.scheduler.partition_state import LAYOUT, Checkpoint, PartitionState
-from pipeline.runtime.scheduler.state_store import StateStore
+from pipeline.runtime.state_store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
-"""Materialized views of compacted topics, for readers such as the Admin API.
+"""The reader under every materialized view: a compacted topic, read to its end and on.
 
-A view reads every partition of its topic from the beginning with a consumer that is
-assigned, not subscribed: each reader needs the whole topic, and a consumer group would
-split it. It folds records into a dict (a `None` value is a tombstone and deletes the
-key) in a background thread, and readers take snapshots under a lock.
+A view reads every partition of its topic with a consumer that is assigned, not
+subscribed: each reader needs the whole topic, and a consumer group would split it. It
+reads from the beginning, or from where a view kept on disk stopped (`_start_offsets`),
+in a background thread, and hands each batch of records to `_fold` (a `None` value is a
+tombstone and deletes the key).
 
 Caught up means: every partition has been read up to the end offset it had when the view
 started. With `read_committed` that end is the last stable offset, so records of aborted
@@ -16,6 +17,8 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from confluent_kafka import (
@@ -27,22 +30,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.codec.records import WireCodec
-from pipeline.core.deployment import DeploymentLoad
-from pipeline.core.fair_share import ScopeLoad
-from pipeline.core.limits import RuleSet
-from pipeline.core.model import ServiceDefinition
-from pipeline.core.state import Invocation, VirtualQueue
 from pipeline.errors import DecodeError, NotFoundError, RetryableError
 from pipeline.kafka.config import ClientConfig, ClusterConfig
-from pipeline.runtime.limit_rules import decode_record, newest
-from pipeline.runtime.scheduler.partition_state import (
-    DEPLOYMENT_PREFIX,
-    INVOCATION_PREFIX,
-    QUEUE_PREFIX,
-    SCOPE_PREFIX,
-)
-from topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +59,25 @@ def _consumer_config(cluster: ClusterConfig) -> ClientConfig:
             # offsets are transaction markers that no message carries.
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
+            # librdkafka prefetches per partition, up to 100,000 records or 64 MB each by
+            # default: far more than a view folds at once, and it grew the Admin API by
+            # hundreds of MB while it read a large changelog.
+            "queued.min.messages": 5000,
+            "queued.max.messages.kbytes": 2048,
         }
     )
 
 
-class _CompactedTopicView(ABC):
-    """Reads one compacted topic into memory in a thread; subclasses fold the records."""
+@dataclass(frozen=True, slots=True)
+class TopicRecord:
+    partition: int
+    offset: int
+    key: str
+    value: bytes | None
+
+
+class CompactedTopicView(ABC):
+    """Reads one compacted topic in a thread; subclasses fold the records."""
 
     def __init__(self, cluster: ClusterConfig, topic: str) -> None:
         self._cluster = cluster
@@ -105,8 +107,14 @@ class _CompactedTopicView(ABC):
         try:
             partitions = self._partitions(consumer)
             self._targets = self._end_offsets(consumer, partitions)
-            self._positions = dict.fromkeys(partitions, 0)
-            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
+            starts = self._start_offsets(self._targets)
+            self._positions = {p: starts.get(p, 0) for p in partitions}
+            consumer.assign(
+                [
+                    TopicPartition(self._topic, p, self._positions[p] or OFFSET_BEGINNING)
+                    for p in partitions
+                ]
+            )
         except BaseException:
             consumer.close()
             raise
@@ -189,8 +197,9 @@ class _CompactedTopicView(ABC):
                     log.warning("view of %s: consume failed, retrying: %s", self._topic, exc)
                     self._stopping.wait(1.0)
                     continue
-                for message in messages:
-                    self._handle(message)
+                records = [r for r in map(self._record, messages) if r is not None]
+                if records or messages:
+                    self._fold_batch(records)
                 if not self._caught_up.is_set():
                     self._update_caught_up()
         except Exception:
@@ -199,44 +208,55 @@ class _CompactedTopicView(ABC):
         finally:
             consumer.close()
 
-    def _handle(self, message: Message) -> None:
+    def _record(self, message: Message) -> TopicRecord | None:
         partition, offset, error = message.partition(), message.offset(), message.error()
         if partition is None or offset is None:
             log.warning("view of %s: client reported %s", self._topic, error)
-            return
+            return None
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
                 self._advance(partition, offset)
             else:
                 log.warning("view of %s: partition %s: %s", self._topic, partition, error)
-            return
+            return None
         self._advance(partition, offset + 1)
         raw_key = message.key()
-        if raw_key is None:
-            log.warning(
-                "view of %s: skipping record without key at %s",
-                self._topic,
-                _where(partition, offset),
-            )
-            return
         try:
-            self._apply(raw_key.decode(), message.value())
-        except (DecodeError, UnicodeDecodeError) as exc:
-            # One bad record must not blind the whole view: skip it, say where it is.
+            key = None if raw_key is None else raw_key.decode()
+        except UnicodeDecodeError:
+            key = None
+        if key is None:
             log.warning(
-                "view of %s: skipping record %r at %s: %s",
+                "view of %s: skipping record with key %r at %s",
                 self._topic,
                 raw_key,
                 _where(partition, offset),
-                exc,
             )
+            return None
+        return TopicRecord(partition, offset, key, message.value())
+
+    def _fold_batch(self, records: Sequence[TopicRecord]) -> None:
+        try:
+            self._fold(records)
         except Exception:
-            log.exception(
-                "view of %s: skipping record %r at %s that could not be applied",
-                self._topic,
-                raw_key,
-                _where(partition, offset),
-            )
+            # A store that cannot take the batch: fold record by record so that only
+            # the bad ones are lost, each named.
+            if len(records) == 1:
+                self._skip(records[0])
+                return
+            for record in records:
+                try:
+                    self._fold([record])
+                except Exception:
+                    self._skip(record)
+
+    def _skip(self, record: TopicRecord) -> None:
+        log.exception(
+            "view of %s: skipping record %r at %s that could not be applied",
+            self._topic,
+            record.key,
+            _where(record.partition, record.offset),
+        )
 
     def _advance(self, partition: int, next_offset: int) -> None:
         if next_offset > self._positions.get(partition, 0):
@@ -245,6 +265,28 @@ class _CompactedTopicView(ABC):
     def _update_caught_up(self) -> None:
         if all(self._positions.get(p, 0) >= end for p, end in self._targets.items()):
             self._caught_up.set()
+
+    def _start_offsets(self, ends: Mapping[int, int]) -> Mapping[int, int]:
+        """Where each partition is read from; a view kept on disk resumes. Default: 0."""
+        return {}
+
+    def _fold(self, records: Sequence[TopicRecord]) -> None:
+        """Fold a batch of records (maybe none: the positions moved) into the view.
+
+        The default folds each record by `_apply`; one that does not decode is skipped.
+        """
+        for record in records:
+            try:
+                self._apply(record.key, record.value)
+            except DecodeError as exc:
+                # One bad record must not blind the whole view: skip it, say where it is.
+                log.warning(
+                    "view of %s: skipping record %r at %s: %s",
+                    self._topic,
+                    record.key,
+                    _where(record.partition, record.offset),
+                    exc,
+                )
 
     @abstractmethod
     def _apply(self, key: str, value: bytes | None) -> None:
@@ -255,118 +297,10 @@ def _where(partition: int, offset: int) -> str:
     return f"partition {partition} offset {offset}"
 
 
-class SchedulerStateView(_CompactedTopicView):
-    """Invocations and virtual queues as the scheduler's changelog last recorded them."""
-
-    def __init__(self, cluster: ClusterConfig, names: TopicNames, codec: WireCodec) -> None:
-        super().__init__(cluster, names.scheduler_state)
-        self._codec = codec
-        self._invocations: dict[str, Invocation] = {}
-        self._queues: dict[str, VirtualQueue] = {}
-        self._scopes: dict[str, ScopeLoad] = {}
-        self._deployments: dict[str, DeploymentLoad] = {}
-
-    def deployment_load(self, deployment: str) -> DeploymentLoad | None:
-        with self._lock:
-            return self._deployments.get(deployment)
-
-    def scope_load(self, scope: str) -> ScopeLoad | None:
-        with self._lock:
-            return self._scopes.get(scope)
-
-    def invocation(self, invocation_id: str) -> Invocation | None:
-        with self._lock:
-            return self._invocations.get(invocation_id)
-
-    def invocations(self) -> list[Invocation]:
-        with self._lock:
-            invocations = list(self._invocations.values())
-        return sorted(invocations, key=lambda invocation: invocation.id)
-
-    def queues(self) -> list[VirtualQueue]:
-        with self._lock:
-            queues = list(self._queues.values())
-        return sorted(queues, key=lambda queue: str(queue.id))
-
-    def _apply(self, key: str, value: bytes | None) -> None:
-        if key.startswith(INVOCATION_PREFIX):
-            invocation_id = key.removeprefix(INVOCATION_PREFIX)
-            invocation = None if value is None else self._codec.decode_invocation_state(value)
-            _put(self._lock, self._invocations, invocation_id, invocation)
-        elif key.startswith(QUEUE_PREFIX):
-            queue_id = key.removeprefix(QUEUE_PREFIX)
-            queue = None if value is None else self._codec.decode_queue_state(value)
-            _put(self._lock, self._queues, queue_id, queue)
-        elif key.startswith(SCOPE_PREFIX):
-            load = None if value is None else self._codec.decode_scope_load(value)
-            _put(self._lock, self._scopes, key.removeprefix(SCOPE_PREFIX), load)
-        elif key.startswith(DEPLOYMENT_PREFIX):
-            d_load = None if value is None else self._codec.decode_deployment_load(value)
-            _put(self._lock, self._deployments, key.removeprefix(DEPLOYMENT_PREFIX), d_load)
-        else:
-            raise DecodeError(
-                f"key {key!r} is none of i/<invocation id>, q/<queue id>, s/<scope>, d/<deployment>"
-            )
-
-
-class ServiceCatalogView(_CompactedTopicView):
-    """Service definitions as worker deployments last announced them."""
-
-    def __init__(self, cluster: ClusterConfig, names: TopicNames, codec: WireCodec) -> None:
-        super().__init__(cluster, names.services)
-        self._codec = codec
-        self._services: dict[str, ServiceDefinition] = {}
-
-    def services(self) -> list[ServiceDefinition]:
-        with self._lock:
-            services = list(self._services.values())
-        return sorted(services, key=lambda service: service.name)
-
-    def service(self, name: str) -> ServiceDefinition | None:
-        with self._lock:
-            return self._services.get(name)
-
-    def _apply(self, key: str, value: bytes | None) -> None:
-        service = None if value is None else self._codec.decode_service(value)
-        _put(self._lock, self._services, key, service)
-
-
-class LimitRulesView(_CompactedTopicView):
-    """The newest limit rule set on the limits control topic (version 0 before any).
-
-    A process that writes rules offers what it wrote (`offer`), so that it reads its own
-    write at once; the record, when it comes back, is not newer and changes nothing.
-    """
-
-    def __init__(self, cluster: ClusterConfig, names: TopicNames, codec: WireCodec) -> None:
-        super().__init__(cluster, names.limits)
-        self._codec = codec
-        self._ruleset = RuleSet()
-
-    def ruleset(self) -> RuleSet:
-        with self._lock:
-            return self._ruleset
-
-    def offer(self, ruleset: RuleSet) -> bool:
-        """Keep `ruleset` if it is newer than the one held; True when it was."""
-        with self._lock:
-            kept = newest(self._ruleset, ruleset)
-            changed = kept is not self._ruleset
-            self._ruleset = kept
-        return changed
-
-    def _apply(self, key: str, value: bytes | None) -> None:
-        candidate = decode_record(self._codec, key.encode(), value)
-        if candidate is not None:
-            self.offer(candidate)
-
-
-def _put(lock: threading.Lock, table: dict[str, _V], key: str, value: _V | None) -> None:
+def put(lock: threading.Lock, table: dict[str, _V], key: str, value: _V | None) -> None:
+    """Set or, for a tombstone (None), delete a key of an in-memory view."""
     with lock:
         if value is None:
             table.pop(key, None)
         else:
             table[key] = value
-
-
-__all__ = ["LimitRulesView", "SchedulerStateView", "ServiceCatalogView"]

@@ -1,9 +1,11 @@
-"""The scheduler's local RocksDB: where each owned partition's state is materialised.
+"""A process's local RocksDB: where the scheduler materialises each owned partition's
+state, and the Admin API its replica of the whole changelog.
 
-One database per scheduler process, partitions told apart by a two-byte key prefix.
-The changelog topic stays the durable truth; this store is a cache of it that survives
-a restart of the same instance, so recovery reads only the changelog's tail instead of
-all of it, and memory no longer grows with the number of invocations and queues.
+One database per process and role; the scheduler tells partitions apart by a two-byte
+key prefix. The changelog topic stays the durable truth; this store is a cache of it
+that survives a restart of the same instance, so recovery reads only the changelog's
+tail instead of all of it, and memory does not grow with the number of invocations and
+queues.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ def default_state_root() -> Path:
 
 
 class StateStore:
-    """The RocksDB directory of one scheduler instance.
+    """The RocksDB directory of one instance of a role (`scheduler`, `admin-api`).
 
     With a stable instance id the directory is reused across restarts; without one it
     is private to this process and deleted on close, since nobody could find it again.
     """
 
-    def __init__(self, root: Path, group: str, instance_id: str | None) -> None:
-        base = root / "scheduler" / group
+    def __init__(
+        self, root: Path, group: str, instance_id: str | None, *, role: str = "scheduler"
+    ) -> None:
+        base = root / role / group
         base.mkdir(parents=True, exist_ok=True)
         self.ephemeral = instance_id is None
         if instance_id is None:
@@ -60,7 +64,7 @@ class StateStore:
         options.set_block_based_table_factory(table)
         self.db = Rdict(str(self.path), options)
         _OPEN.add(self.path)
-        log.info("scheduler state in %s", self.path)
+        log.info("%s state in %s", role, self.path)
 
     def wipe_partition(self, partition: int) -> None:
         self.db.delete_range(partition_prefix(partition), partition_prefix(partition + 1))
@@ -95,9 +99,9 @@ def _remove_abandoned(base: Path) -> None:
         except BlockingIOError:
             continue  # open in a live process
         except OSError as exc:
-            log.warning("cannot check private scheduler state %s: %s", path, exc)
+            log.warning("cannot check private state %s: %s", path, exc)
             continue
-        log.info("removing private scheduler state %s left by a process that died", path)
+        log.info("removing private state %s left by a process that died", path)
         shutil.rmtree(path, ignore_errors=True)
 
 
