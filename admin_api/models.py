@@ -284,6 +284,11 @@ class QueueResponse(_Response):
         "when it waits for a change (a running invocation ending, the rule being edited) "
         "or nothing is queued."
     )
+    decided_at: datetime | None = Field(
+        default=None,
+        description="When the scheduler decided what holds the head back: the blocker "
+        "shown is its decision then, written with the queue's state.",
+    )
     explanation: str = Field(description="The same, in one sentence.")
 
 
@@ -566,6 +571,7 @@ def queue_response(report: QueueReport) -> QueueResponse:
         scope_budget=_scope_budget(report),
         blocked_until=_optional_instant(report.blocked_until_ms),
         next_eligible=_optional_instant(report.next_eligible_ms),
+        decided_at=_optional_instant(report.decided_at_ms),
         explanation=explain(report),
     )
 

@@ -48,6 +48,7 @@ from pipeline.core.model import (
     Target,
 )
 from pipeline.core.state import Invocation, VirtualQueue
+from pipeline.core.verdict import Blocked, Blocker, LimitLevel
 from pipeline.errors import DecodeError, ValidationError
 
 REQUEST = "pipeline.v1.InvocationRequest"
@@ -393,6 +394,7 @@ class WireCodec:
                 "paused_until_ms": queue.paused_until_ms,
                 "vfinish": queue.vfinish,
                 "awaiting_capacity": queue.awaiting_capacity,
+                "blocked": _verdict_to_avro(queue.blocked),
             },
         )
 
@@ -409,11 +411,12 @@ class WireCodec:
                 "rate_tat_ms": load.rate_tat_ms,
                 "vclock": load.vclock,
                 "vmax": load.vmax,
+                "blocked": _verdict_to_avro(load.blocked),
             },
         )
 
     def decode_scope_load(self, value: bytes) -> ScopeLoad:
-        return self._decode(SCOPE_LOAD, value, lambda record: ScopeLoad(**record))
+        return self._decode(SCOPE_LOAD, value, _scope_load_from_avro)
 
     def encode_deployment_load(self, load: DeploymentLoad) -> bytes:
         return self._encode(
@@ -779,6 +782,35 @@ def _queue_state_from_avro(record: Avro) -> VirtualQueue:
         paused_until_ms=record["paused_until_ms"],
         vfinish=record["vfinish"],
         awaiting_capacity=record["awaiting_capacity"],
+        blocked=_verdict_from_avro(record["blocked"]),
+    )
+
+
+def _scope_load_from_avro(record: Avro) -> ScopeLoad:
+    return ScopeLoad(**{**record, "blocked": _verdict_from_avro(record["blocked"])})
+
+
+def _verdict_to_avro(verdict: Blocked | None) -> Avro | None:
+    if verdict is None:
+        return None
+    return {
+        "blocker": verdict.blocker.value,
+        "level": verdict.level.value,
+        "rule_id": verdict.rule_id,
+        "until_ms": verdict.until_ms,
+        "decided_at_ms": verdict.decided_at_ms or 0,
+    }
+
+
+def _verdict_from_avro(record: Avro | None) -> Blocked | None:
+    if record is None:
+        return None
+    return Blocked(
+        blocker=Blocker(record["blocker"]),
+        until_ms=record["until_ms"],
+        rule_id=record["rule_id"],
+        level=LimitLevel(record["level"]),
+        decided_at_ms=record["decided_at_ms"],
     )
 
 

@@ -53,6 +53,7 @@ def queue_report_to_json(report: QueueReport) -> dict[str, Any]:
         "scope_budget": _scope_budget(report),
         "blocked_until": _instant(report.blocked_until_ms),
         "next_eligible": _instant(report.next_eligible_ms),
+        "decided_at": _instant(report.decided_at_ms),
         "explanation": explain(report),
     }
 

@@ -3,49 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from enum import StrEnum
 
 from pipeline.core.limits import LimitRule, RateState, gcra_next_start_ms
 from pipeline.core.state import VirtualQueue
+from pipeline.core.verdict import ADMIT, Admission, Admit, Blocked, Blocker, LimitLevel
 
-
-class LimitLevel(StrEnum):
-    """Whose budget blocks: the queue's own rule, its scope's shared budget, or the cap
-    of the deployment serving it."""
-
-    QUEUE = "queue"
-    SCOPE = "scope"
-    DEPLOYMENT = "deployment"
-
-
-class Blocker(StrEnum):
-    PAUSED = "paused"
-    PAUSED_UNTIL = "paused_until"
-    CONCURRENCY = "concurrency"
-    RATE = "rate"
-    # Admitted invocations hold the queue's slots while their deployment's cap is full.
-    DEPLOYMENT_CAPACITY = "deployment_capacity"
-
-
-@dataclass(frozen=True, slots=True)
-class Admit:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Blocked:
-    """What holds the head back; `until_ms` is when to look again (None: on a change)."""
-
-    blocker: Blocker
-    until_ms: int | None = None
-    rule_id: str | None = None
-    level: LimitLevel = LimitLevel.QUEUE
-
-
-Admission = Admit | Blocked
-
-ADMIT = Admit()
+__all__ = ["ADMIT", "Admission", "Admit", "Blocked", "Blocker", "LimitLevel", "admission"]
 
 
 def admission(queue: VirtualQueue, rule: LimitRule | None, now_ms: int) -> Admission:

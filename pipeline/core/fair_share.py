@@ -49,6 +49,8 @@ class ScopeLoad:
     rate_tat_ms: float = 0.0
     vclock: float = 0.0
     vmax: float = 0.0  # the greatest finish tag handed out in the scope
+    # What the scheduler last found holding every start of the scope back (its budget).
+    blocked: Blocked | None = None
 
     def is_idle_at(self, now_ms: int) -> bool:
         return self.running == 0 and self.queued == 0 and self.rate_tat_ms <= now_ms

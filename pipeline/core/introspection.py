@@ -1,7 +1,10 @@
 """Why a queue or an invocation is waiting: reports derived from the scheduler's state.
 
-Nothing here decides anything: the reports restate what `admission` would answer for
-the queue's head right now, so that what an operator reads is what the scheduler does.
+Nothing here decides anything: the reports restate what the scheduler last decided for
+the queue's head, as it wrote it with the queue's state (`VirtualQueue.blocked`, and
+`ScopeLoad.blocked` for a scope's budget), so that what an operator reads is what the
+scheduler did, not a recomputation at the reader's clock over older state. Only state
+without a decision (written by an older scheduler) is judged here, by `admission`.
 
 A queue's head is its pending invocation with the smallest (priority, queue_seq, id),
 the order the scheduler admits in. Only the head is checked against the limits; every
@@ -78,6 +81,7 @@ class QueueReport:
     head_blocker_level: LimitLevel | None = None
     scope_budget: ScopeBudgetReport | None = None
     awaiting_capacity: int = 0
+    decided_at_ms: int | None = None  # when the scheduler decided the blocker shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +118,22 @@ def queue_report(
     level: LimitLevel | None = None
     blocked_until_ms: int | None = None
     next_eligible_ms: int | None = None
+    decided_at_ms: int | None = None
     if queue.queued > 0:
-        verdict = _head_admission(queue, rule, budget, load, now_ms)
-        if isinstance(verdict, Blocked):
-            blocker, blocked_until_ms, level = verdict.blocker, verdict.until_ms, verdict.level
-        next_eligible_ms = _next_eligible_ms(queue, rule, budget, load, now_ms)
+        decided = _decided(queue, budget, load)
+        if decided is not None:
+            blocker, blocked_until_ms, level = decided.blocker, decided.until_ms, decided.level
+            next_eligible_ms, decided_at_ms = decided.until_ms, decided.decided_at_ms
+        else:
+            verdict = _head_admission(queue, rule, budget, load, now_ms)
+            if isinstance(verdict, Blocked):
+                blocker, blocked_until_ms, level = verdict.blocker, verdict.until_ms, verdict.level
+            next_eligible_ms = _next_eligible_ms(queue, rule, budget, load, now_ms)
     if queue.awaiting_capacity and (
         queue.queued == 0 or (blocker is Blocker.CONCURRENCY and level is LimitLevel.QUEUE)
     ):
         blocker, level = Blocker.DEPLOYMENT_CAPACITY, LimitLevel.DEPLOYMENT
-        blocked_until_ms = next_eligible_ms = None
+        blocked_until_ms = next_eligible_ms = decided_at_ms = None
     scope_budget = None
     if budget is not None:
         scope_budget = ScopeBudgetReport(
@@ -152,7 +162,18 @@ def queue_report(
         head_blocker_level=level,
         scope_budget=scope_budget,
         awaiting_capacity=queue.awaiting_capacity,
+        decided_at_ms=decided_at_ms,
     )
+
+
+def _decided(queue: VirtualQueue, budget: LimitRule | None, load: ScopeLoad) -> Blocked | None:
+    """What the scheduler last found holding the head back, as it wrote it with the
+    state: the scope's budget first (it holds every queue of the scope), then the
+    queue's own. None: nothing was written (state of an older scheduler, or a head that
+    may start)."""
+    if budget is not None and load.blocked is not None:
+        return load.blocked
+    return queue.blocked
 
 
 def _head_admission(
@@ -186,14 +207,12 @@ def waiting_report(
     queue_id = invocation.queue_id
     state = queue if queue is not None else VirtualQueue(queue_id)
     rules = tuple(rules)
-    verdict = _head_admission(
-        state,
-        governing_rule(rules, queue_id),
-        scope_rule(rules, queue_id.scope),
-        scope if scope is not None else ScopeLoad(queue_id.scope),
-        now_ms,
-    )
-    blocked = verdict if isinstance(verdict, Blocked) else None
+    budget = scope_rule(rules, queue_id.scope)
+    load = scope if scope is not None else ScopeLoad(queue_id.scope)
+    blocked = _decided(state, budget, load)
+    if blocked is None:
+        verdict = _head_admission(state, governing_rule(rules, queue_id), budget, load, now_ms)
+        blocked = verdict if isinstance(verdict, Blocked) else None
     return WaitingReport(
         queue_id=queue_id,
         position=ahead + 1,

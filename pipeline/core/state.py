@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import Failure, InvocationRequest, JournalEntry, QueueId
+from pipeline.core.verdict import Blocked
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,9 @@ class VirtualQueue:
     paused_until_ms: int | None = None
     vfinish: float = 0.0
     awaiting_capacity: int = 0  # of `running`: admitted, waiting for deployment capacity
+    # What the scheduler last found holding the head back; None: it may start, or
+    # nothing waits. Written with the state, so that reports restate the decision.
+    blocked: Blocked | None = None
 
     def is_idle_at(self, now_ms: int) -> bool:
         return (

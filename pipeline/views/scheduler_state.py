@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from rocksdict import Rdict, WriteBatch
+from rocksdict import Rdict, WriteBatch, WriteOptions
 
 from pipeline.codec.records import WireCodec
 from pipeline.codec.state_keys import (
@@ -79,6 +79,13 @@ class SchedulerStateView(CompactedTopicView):
         root = state_root or default_state_root()
         self._store = StateStore(root, names.scheduler_state, instance_id, role="views")
         self._db: Rdict = self._store.db
+        # The replica is a cache of the changelog, and each batch carries the offsets it
+        # reaches: a crash loses the newest batches and their offsets together, which the
+        # next start reads again. So no write-ahead log.
+        no_wal = WriteOptions()
+        # rocksdict's stub declares a method; at runtime it is a property.
+        no_wal.disable_wal = True  # type: ignore[method-assign, assignment]
+        self._db.set_write_options(no_wal)
         self._saved: dict[int, int] = {}
         self._closed = False
 

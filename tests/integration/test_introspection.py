@@ -12,19 +12,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from admin_api import create_app
 from pipeline import Context, Service
 from pipeline.client import Client
 from pipeline.codec.records import WireCodec
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet, put
 from pipeline.core.model import ResultStatus
-from pipeline.runtime.limit_rules import LimitRuleStore, LimitRuleWriter
+from pipeline.runtime.limit_rules import LimitRuleWriter
 from pipeline.settings import Settings
-from pipeline.views.limits import LimitRulesView
-from pipeline.views.scheduler_state import SchedulerStateView
-from tests.support.limit_rules import RecordingWriter
+from tests.support.admin_api import admin_api_over_views
 from tests.support.runtime import run_cli, running_pipeline, runtime_settings
-from tests.unit.test_admin_api import CommandLog, ServiceTable
 from topics.provision import provision
 
 pytestmark = pytest.mark.integration
@@ -55,26 +51,8 @@ def write_rules(settings: Settings, *rules: LimitRule) -> None:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[TestClient]:
-    """The Admin API over the real views, as `admin_api.server` wires them."""
-    codec = WireCodec()
-    state = SchedulerStateView(settings.cluster, settings.topic_names, codec)
-    rules = LimitRulesView(settings.cluster, settings.topic_names, codec)
-    state.start()
-    rules.start()
-    try:
-        assert state.wait_caught_up(TIMEOUT_S) and rules.wait_caught_up(TIMEOUT_S)
-        app = create_app(
-            settings,
-            invocations=state,
-            services=ServiceTable(),
-            commands=CommandLog(),
-            limits=LimitRuleStore(rules, RecordingWriter()),
-        )
-        token = settings.admin_api_tokens[0].get_secret_value()
-        yield TestClient(app, headers={"Authorization": f"Bearer {token}"})
-    finally:
-        state.stop()
-        rules.stop()
+    with admin_api_over_views(settings) as client:
+        yield client
 
 
 @pytest.fixture

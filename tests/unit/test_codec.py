@@ -6,17 +6,19 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastavro import schemaless_writer
+from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.codec import MARKER, SchemaFiles, SchemaSet, WireCodec, default_schema_dir
 from pipeline.core import ids
+from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.model import (
     AttemptAlive,
@@ -45,6 +47,7 @@ from pipeline.core.model import (
     Target,
 )
 from pipeline.core.state import Invocation, VirtualQueue
+from pipeline.core.verdict import Blocked, Blocker, LimitLevel
 from pipeline.errors import DecodeError, ValidationError
 
 SCHEMAS = default_schema_dir()
@@ -325,6 +328,35 @@ def test_invocation_state_round_trip(codec: WireCodec, status: InvocationStatus)
 def test_queue_state_round_trip(codec: WireCodec) -> None:
     queue = VirtualQueue(QueueId("acme", "u1"), queued=3, running=1, next_seq=99)
     assert codec.decode_queue_state(codec.encode_queue_state(queue)) == queue
+    rate = Blocked(Blocker.RATE, until_ms=5, rule_id="r", decided_at_ms=4)
+    held = replace(queue, blocked=rate)
+    back = codec.decode_queue_state(codec.encode_queue_state(held))
+    assert back == held and back.blocked is not None and back.blocked.decided_at_ms == 4
+    budget = Blocked(Blocker.CONCURRENCY, rule_id="s", level=LimitLevel.SCOPE, decided_at_ms=7)
+    load = ScopeLoad("acme", running=2, blocked=budget)
+    assert codec.decode_scope_load(codec.encode_scope_load(load)) == load
+
+
+def test_queue_and_scope_state_written_before_verdicts_are_read(codec: WireCodec) -> None:
+    # The history file names QueueId, as the scheduler's reader resolves from schemas/.
+    old = json.loads((SCHEMAS / "history" / "VirtualQueueState.v4.avsc").read_text())
+    old["fields"][0]["type"] = json.loads((SCHEMAS / "QueueId.avsc").read_text())
+    out = io.BytesIO()
+    out.write(MARKER)
+    out.write(
+        bytes.fromhex(fingerprint(to_parsing_canonical_form(parse_schema(old)), "CRC-64-AVRO"))
+    )
+    schemaless_writer(
+        out,
+        parse_schema(old),
+        {"id": {"scope": "acme", "limit_key": "u1"}, "queued": 2, "awaiting_capacity": 1},
+    )
+    queue = out.getvalue()
+    assert codec.decode_queue_state(queue) == VirtualQueue(
+        QueueId("acme", "u1"), queued=2, awaiting_capacity=1
+    )
+    load = write_with("ScopeLoadState.v2.avsc", {"scope": "acme", "running": 3})
+    assert codec.decode_scope_load(load) == ScopeLoad("acme", running=3)
 
 
 def test_enum_symbols_are_avro_names_mapped_to_python_values(codec: WireCodec) -> None:

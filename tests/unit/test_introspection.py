@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline.core.admission import Blocker, LimitLevel
+from pipeline.core.admission import Blocked, Blocker, LimitLevel
+from pipeline.core.fair_share import ScopeLoad
 from pipeline.core.introspection import (
     QueueReport,
     awaiting_report,
@@ -214,3 +215,30 @@ def test_an_awaiting_report_names_the_deployment_and_only_fits_awaiting_invocati
     assert report.blocker is Blocker.DEPLOYMENT_CAPACITY and report.deployment == "S"
     with pytest.raises(ValidationError, match="not awaiting deployment capacity"):
         awaiting_report(pending("p", 0), 0)
+
+
+def test_a_report_restates_the_schedulers_verdict_not_one_at_its_own_clock() -> None:
+    decided = Blocked(Blocker.RATE, until_ms=NOW + 50, rule_id="r", decided_at_ms=NOW - 200)
+    queue = VirtualQueue(QUEUE, queued=260, running=0, rate_tat_ms=NOW - 100.0, blocked=decided)
+    rules = [rule(rate_per_s=20.0, burst=5)]
+
+    # At the reader's clock the rate looks spent long ago, so a recomputation says "start".
+    report = queue_report(queue, rules, NOW)
+
+    assert (report.head_blocker, report.blocked_until_ms) == (Blocker.RATE, NOW + 50)
+    assert (report.next_eligible_ms, report.decided_at_ms) == (NOW + 50, NOW - 200)
+    waiting = waiting_report(pending("a", 0), 3, queue, rules, NOW)
+    assert (waiting.blocker, waiting.rule_id) == (Blocker.RATE, "r")
+
+
+def test_a_scope_budget_verdict_holds_every_queue_of_the_scope() -> None:
+    budget = Blocked(Blocker.CONCURRENCY, rule_id="acme", level=LimitLevel.SCOPE, decided_at_ms=1)
+    load = ScopeLoad("acme", running=4, queued=9, blocked=budget)
+    rules = [rule("acme", "acme", concurrency=4)]
+
+    report = queue_report(VirtualQueue(QUEUE, queued=9), rules, NOW, load)
+
+    assert (report.head_blocker, report.head_blocker_level) == (
+        Blocker.CONCURRENCY,
+        LimitLevel.SCOPE,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ from pipeline.codec.records import WireCodec
 from pipeline.core.checkpoint import MAX_AGE_MS as CHECKPOINT_MAX_AGE_MS
 from pipeline.core.fair_share import fair_order
 from pipeline.core.lifecycle import InvocationStatus
+from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import InvocationRequest, QueueId, Target
 from pipeline.core.state import Invocation, VirtualQueue
+from pipeline.core.verdict import Blocker
 from pipeline.runtime.scheduler.partition_state import Checkpoint, PartitionState
 from pipeline.runtime.scheduler.queue_pump import RulesInForce, pump
 from pipeline.runtime.scheduler.restore import usable_start
@@ -345,3 +348,29 @@ def test_a_rule_change_during_a_sliced_pass_starts_it_again(store: StateStore) -
     rest = [str(q) for q in state.queues_to_pump(0, full_pass_slice=4)]
     assert (first, rest) == ([f"s/k{i}" for i in range(4)], ["s/k4", "s/k5"])
     assert not state.full_pump_needed
+
+
+def test_the_pump_keeps_its_verdict_on_the_head_with_the_queue(store: StateStore) -> None:
+    state = PartitionState(store, 0, CODEC)
+    rules = RulesInForce()
+    rules.put(RuleSet(1, (LimitRule("fast", RulePattern.parse("acme/*"), rate_per_s=2, burst=1),)))
+    state.put_queue(VirtualQueue(QUEUE, queued=2, rate_tat_ms=1_400.0), now_ms=1_000)
+    list(state.queues_to_pump(1_000))
+    state.put_queue(VirtualQueue(QUEUE, queued=2, rate_tat_ms=1_400.0), now_ms=1_000)
+
+    pump(state, rules, 1_000, lambda *_: True)
+    commit(state)
+
+    kept = PartitionState(store, 0, CODEC).queue(QUEUE).blocked
+    assert kept is not None and kept.blocker is Blocker.RATE and kept.rule_id == "fast"
+    assert (kept.until_ms, kept.decided_at_ms) == (1_400, 1_000)
+
+    def start(state: PartitionState, queue_id: QueueId, now: int) -> bool:
+        queue = state.queue(queue_id)
+        state.put_queue(replace(queue, queued=queue.queued - 1, running=queue.running + 1), now)
+        return True
+
+    state.put_queue(replace(state.queue(QUEUE), rate_tat_ms=0.0), now_ms=1_400)
+    pump(state, rules, 1_400, start)
+    after = state.queue(QUEUE)
+    assert after.queued == 0 and after.blocked is None, "a head that started leaves no blocker"

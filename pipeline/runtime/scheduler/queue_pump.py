@@ -106,8 +106,9 @@ def _pump_queue(
     while (queue := state.queue_or_none(queue_id)) is not None and queue.queued > 0:
         verdict = admission(queue, rule, now)
         if isinstance(verdict, Blocked):
-            _wake_when_clear(state, queue_id, verdict)
+            _hold(state, queue, verdict, now)
             return
+        _release(state, queue, now)
         if not admit(state, queue_id, now):
             return
 
@@ -141,7 +142,7 @@ def _pump_scope(
         rule = rules.rule_for(queue.id)
         verdict = admission(queue, rule, now)
         if isinstance(verdict, Blocked):
-            _wake_when_clear(state, queue.id, verdict)
+            _hold(state, queue, verdict, now)
             return
         contenders[queue.id] = Contender(queue, rule)
         heapq.heappush(heap, (fair_order(queue), queue.id))
@@ -160,6 +161,7 @@ def _pump_scope(
             return
         _, queue_id = heapq.heappop(heap)
         chosen = contenders.pop(queue_id)
+        _release(state, state.queue(queue_id), now)
         read_ahead()
         others = start_tag(contenders[heap[0][1]].queue, load) if heap else None
         load, vfinish = started(load, chosen, others, budget, now)
@@ -196,12 +198,32 @@ def _waiting_queues(
 def _scope_blocked(
     state: PartitionState, scope: str, budget: LimitRule, now: int, wake: QueueId
 ) -> bool:
-    """Whether the scope's budget holds every start back; wakes `wake` when it frees."""
-    verdict = scope_admission(state.scope_load(scope), budget, now)
+    """Whether the scope's budget holds every start back; wakes `wake` when it frees.
+    The verdict is kept with the scope's load, for reports to restate."""
+    load = state.scope_load(scope)
+    verdict = scope_admission(load, budget, now)
     if not isinstance(verdict, Blocked):
+        if load.blocked is not None:
+            state.put_scope(replace(load, blocked=None), now)
         return False
+    if load.blocked != verdict:
+        state.put_scope(replace(load, blocked=replace(verdict, decided_at_ms=now)), now)
     _wake_when_clear(state, wake, verdict)
     return True
+
+
+def _hold(state: PartitionState, queue: VirtualQueue, verdict: Blocked, now: int) -> None:
+    """The head waits: keep why with the queue (a report restates it), and look again
+    when a timed blocker clears."""
+    if queue.blocked != verdict:
+        state.put_queue(replace(queue, blocked=replace(verdict, decided_at_ms=now)), now)
+    _wake_when_clear(state, queue.id, verdict)
+
+
+def _release(state: PartitionState, queue: VirtualQueue, now: int) -> None:
+    """The head starts: nothing holds the queue back any more."""
+    if queue.blocked is not None:
+        state.put_queue(replace(queue, blocked=None), now)
 
 
 def _wake_when_clear(state: PartitionState, queue_id: QueueId, verdict: Blocked) -> None:
