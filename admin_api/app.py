@@ -7,7 +7,6 @@ message says what to change; pipeline errors map to HTTP statuses in `_ERROR_STA
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
@@ -16,9 +15,17 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query
 from fastapi.security import HTTPBearer
 from pydantic import SecretStr
 
-from admin_api import contract, errors, patterns
+from admin_api import contract, errors
 from admin_api.guard import HOW_TO_AUTHENTICATE, RequestGuard, Tokens
-from admin_api.models import (
+from pipeline.core.introspection import (
+    DEFAULT_SCOPE,
+)
+from pipeline.core.lifecycle import InvocationStatus
+from pipeline.errors import (
+    ValidationError,
+)
+from pipeline.operations import patterns
+from pipeline.operations.models import (
     DeploymentLimitPut,
     DeploymentListResponse,
     DeploymentResponse,
@@ -33,45 +40,20 @@ from admin_api.models import (
     ResumeResponse,
     ServiceListResponse,
     ServiceResponse,
-    deployment_response,
-    invocation_list_response,
-    invocation_response,
-    limit_rule,
-    queue_list_response,
-    queue_response,
-    ruleset_response,
-    service_list_response,
-    service_response,
 )
-from admin_api.patterns import documented
-from admin_api.ports import InvocationCommands, InvocationReader, LimitRules, ServiceReader
-from pipeline.core import limits as rule_sets
-from pipeline.core.deployment import DeploymentLimit, check_deployment_name
-from pipeline.core.introspection import (
-    DEFAULT_SCOPE,
-    WaitingReport,
-    awaiting_report,
-    parse_queue_address,
-    parse_scope,
-    queue_address,
-    queue_report,
-    waiting_report,
-)
-from pipeline.core.lifecycle import InvocationStatus
-from pipeline.core.model import QueueId, validate_scope
-from pipeline.core.state import Invocation
-from pipeline.errors import (
-    ConflictError,
-    NotFoundError,
-    ValidationError,
+from pipeline.operations.operations import Operations
+from pipeline.operations.patterns import documented
+from pipeline.operations.ports import (
+    InvocationCommands,
+    InvocationReader,
+    LimitRules,
+    ServiceReader,
 )
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.settings import Settings
 from pipeline.views.invocation_index import (
     DEFAULT_PAGE,
     MAX_PAGE,
-    InvocationQuery,
-    decode_cursor,
 )
 
 log = logging.getLogger(__name__)
@@ -164,15 +146,13 @@ def create_app(
     def health() -> HealthResponse:
         return HealthResponse()
 
-    # One limit change at a time: two requests must not both derive a version from the
-    # same one, or the second would be refused as a conflict it never asked to check.
-    changing = threading.Lock()
+    ops = Operations(limits, invocations, services, commands, clock)
     routers = (
-        _inspection_routes(invocations, services, limits, clock),
-        _queue_routes(invocations, limits, clock),
-        _command_routes(invocations, commands),
-        _limit_routes(limits, changing),
-        _deployment_routes(invocations, services, limits, changing),
+        _inspection_routes(ops),
+        _queue_routes(ops),
+        _command_routes(ops),
+        _limit_routes(ops),
+        _deployment_routes(ops),
     )
     errors.install(app, [*app.routes, *(route for r in routers for route in r.routes)])
     for router in routers:
@@ -183,22 +163,7 @@ def create_app(
     return app
 
 
-def _known_invocation(invocations: InvocationReader, invocation_id: str) -> Invocation:
-    invocation = invocations.invocation(invocation_id)
-    if invocation is None:
-        raise NotFoundError(
-            f"invocation {invocation_id!r} does not exist: check the id (it is "
-            "case-sensitive and is the one returned when the invocation was submitted)"
-        )
-    return invocation
-
-
-def _inspection_routes(
-    invocations: InvocationReader,
-    services: ServiceReader,
-    limits: LimitRules,
-    clock: Callable[[], int],
-) -> APIRouter:
+def _inspection_routes(ops: Operations) -> APIRouter:
     router = APIRouter()
 
     @router.get(
@@ -241,16 +206,9 @@ def _inspection_routes(
             ),
         ] = None,
     ) -> InvocationListResponse:
-        if service is not None:
-            check_deployment_name(service)
-        query = InvocationQuery(
-            status=status,
-            service=service,
-            scope=None if scope is None else _checked_scope(scope),
-            limit=limit,
-            after=None if cursor is None else decode_cursor(cursor),
+        return ops.list_invocations(
+            status=status, service=service, scope=scope, limit=limit, cursor=cursor
         )
-        return invocation_list_response(invocations.list_invocations(query))
 
     @router.get(
         "/invocations/{invocation_id:path}",
@@ -263,8 +221,7 @@ def _inspection_routes(
         responses={404: {"model": ErrorResponse, "description": "No such invocation."}},
     )
     def get_invocation(invocation_id: _InvocationId) -> InvocationResponse:
-        invocation = _known_invocation(invocations, invocation_id)
-        return invocation_response(invocation, _waiting(invocation, invocations, limits, clock))
+        return ops.invocation(invocation_id)
 
     @router.get(
         "/services",
@@ -272,7 +229,7 @@ def _inspection_routes(
         tags=["services"],
     )
     def list_services() -> ServiceListResponse:
-        return service_list_response(services.services())
+        return ops.service_list()
 
     @router.get(
         "/services/{name}",
@@ -290,35 +247,9 @@ def _inspection_routes(
             ),
         ],
     ) -> ServiceResponse:
-        service = services.service(name)
-        if service is None:
-            raise NotFoundError(
-                f"service {name!r} is not announced: check the name (GET /services lists "
-                "them) and that a worker deployment serving it has started"
-            )
-        return service_response(service)
+        return ops.service(name)
 
     return router
-
-
-def _waiting(
-    invocation: Invocation,
-    invocations: InvocationReader,
-    limits: LimitRules,
-    clock: Callable[[], int],
-) -> WaitingReport | None:
-    if invocation.status is InvocationStatus.AWAITING_CAPACITY:
-        return awaiting_report(invocation, invocations.ahead_of(invocation))
-    if invocation.status is not InvocationStatus.PENDING:
-        return None
-    return waiting_report(
-        invocation,
-        invocations.ahead_of(invocation),
-        invocations.queue(invocation.queue_id),
-        limits.ruleset().rules,
-        clock(),
-        invocations.scope_load(invocation.queue_id.scope),
-    )
 
 
 _HOW_QUEUES_ARE_NAMED = f"""\
@@ -332,9 +263,7 @@ leaves no state.
 _MAX_LIMIT_KEY = 257
 
 
-def _queue_routes(
-    invocations: InvocationReader, limits: LimitRules, clock: Callable[[], int]
-) -> APIRouter:
+def _queue_routes(ops: Operations) -> APIRouter:
     router = APIRouter(prefix="/queues", tags=["queues"])
 
     @router.get(
@@ -353,13 +282,7 @@ def _queue_routes(
             ),
         ] = None,
     ) -> QueueListResponse:
-        rules, now = limits.ruleset().rules, clock()
-        wanted = None if scope is None else _checked_scope(scope)
-        queues = [q for q in invocations.queues() if wanted is None or q.id.scope == wanted]
-        queues.sort(key=lambda q: (q.id.scope, q.id.limit_key))
-        return queue_list_response(
-            [queue_report(q, rules, now, invocations.scope_load(q.id.scope)) for q in queues]
-        )
+        return ops.queue_list(scope)
 
     @router.get(
         "/{scope}/{limit_key:path}",
@@ -387,35 +310,12 @@ def _queue_routes(
             ),
         ],
     ) -> QueueResponse:
-        queue_id = parse_queue_address(scope, limit_key)
-        queue = invocations.queue(queue_id)
-        if queue is None:
-            raise NotFoundError(_idle_queue_message(queue_id))
-        report = queue_report(
-            queue, limits.ruleset().rules, clock(), invocations.scope_load(queue_id.scope)
-        )
-        return queue_response(report)
+        return ops.queue(scope, limit_key)
 
     return router
 
 
-def _checked_scope(address: str) -> str:
-    """A scope as an address or filter gives it (`~`: none), refused when malformed: a
-    filter on a scope that cannot exist would quietly match nothing."""
-    scope = parse_scope(address)
-    return validate_scope(scope) if scope else scope
-
-
-def _idle_queue_message(queue_id: QueueId) -> str:
-    return (
-        f"no invocation waits or runs in queue {queue_address(queue_id)!r}: an idle queue "
-        "leaves no state. Check the scope and limit key (they are case-sensitive; a "
-        f"service's default queue is /queues/{DEFAULT_SCOPE}/<Service>); GET /queues lists "
-        "the active queues"
-    )
-
-
-def _command_routes(invocations: InvocationReader, commands: InvocationCommands) -> APIRouter:
+def _command_routes(ops: Operations) -> APIRouter:
     router = APIRouter()
 
     @router.post(
@@ -441,14 +341,7 @@ def _command_routes(invocations: InvocationReader, commands: InvocationCommands)
         },
     )
     def resume_invocation(invocation_id: _InvocationId) -> ResumeResponse:
-        invocation = _known_invocation(invocations, invocation_id)
-        if invocation.status is not InvocationStatus.PAUSED:
-            raise ConflictError(
-                f"invocation {invocation_id!r} is {invocation.status.value}; "
-                "only a paused invocation can be resumed"
-            )
-        commands.resume(invocation)
-        return ResumeResponse(invocation_id=invocation.id)
+        return ops.resume(invocation_id)
 
     return router
 
@@ -486,14 +379,14 @@ _RULES_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def _limit_routes(limits: LimitRules, changing: threading.Lock) -> APIRouter:
+def _limit_routes(ops: Operations) -> APIRouter:
     router = APIRouter(prefix="/limits/rules", tags=["limits"])
 
     @router.get(
         "", summary="The limit rules in force, with their version", description=_HOW_RULES_APPLY
     )
     def get_rules() -> LimitRuleSetResponse:
-        return ruleset_response(limits.ruleset())
+        return ops.rules()
 
     @router.put(
         "",
@@ -506,11 +399,7 @@ def _limit_routes(limits: LimitRules, changing: threading.Lock) -> APIRouter:
         responses=_RULES_RESPONSES,
     )
     def put_rules(body: LimitRulesPut) -> LimitRuleSetResponse:
-        batch = [limit_rule(rule) for rule in body.rules]
-        with changing:
-            updated = rule_sets.put(limits.ruleset(), batch, body.if_version)
-            limits.write(updated)
-        return ruleset_response(updated)
+        return ops.put_rules(body)
 
     @router.delete(
         "/{rule_id:path}",
@@ -538,10 +427,7 @@ def _limit_routes(limits: LimitRules, changing: threading.Lock) -> APIRouter:
             Query(ge=0, description="Remove only if the rule set is at this version."),
         ] = None,
     ) -> LimitRuleSetResponse:
-        with changing:
-            updated = rule_sets.delete(limits.ruleset(), rule_id, if_version)
-            limits.write(updated)
-        return ruleset_response(updated)
+        return ops.delete_rule(rule_id, if_version)
 
     return router
 
@@ -557,17 +443,8 @@ limit rules (`if_version` is the version GET /limits/rules shows).
 """
 
 
-def _deployment_routes(
-    invocations: InvocationReader,
-    services: ServiceReader,
-    limits: LimitRules,
-    changing: threading.Lock,
-) -> APIRouter:
+def _deployment_routes(ops: Operations) -> APIRouter:
     router = APIRouter(prefix="/deployments", tags=["deployments"])
-
-    def report(name: str, ruleset: rule_sets.RuleSet) -> DeploymentResponse:
-        announced = services.service(name) is not None
-        return deployment_response(name, ruleset, invocations.deployment_load(name), announced)
 
     @router.get(
         "",
@@ -575,12 +452,7 @@ def _deployment_routes(
         description=_HOW_DEPLOYMENT_LIMITS_APPLY,
     )
     def list_deployments() -> DeploymentListResponse:
-        ruleset = limits.ruleset()
-        names = {s.name for s in services.services()}
-        names.update(d.deployment for d in ruleset.deployments)
-        return DeploymentListResponse(
-            version=ruleset.version, deployments=[report(n, ruleset) for n in sorted(names)]
-        )
+        return ops.deployment_list()
 
     @router.get(
         "/{name}/limits",
@@ -589,13 +461,7 @@ def _deployment_routes(
         responses={404: {"model": ErrorResponse, "description": "Unknown deployment."}},
     )
     def get_deployment(name: _DeploymentName) -> DeploymentResponse:
-        ruleset = limits.ruleset()
-        if ruleset.deployment_limit(name) is None and services.service(name) is None:
-            raise NotFoundError(
-                f"deployment {name!r} has no cap and no worker announced service {name!r}: "
-                "check the name (GET /deployments lists them)"
-            )
-        return report(name, ruleset)
+        return ops.deployment(name)
 
     @router.put(
         "/{name}/limits",
@@ -604,11 +470,7 @@ def _deployment_routes(
         responses=_RULES_RESPONSES,
     )
     def put_deployment(name: _DeploymentName, body: DeploymentLimitPut) -> DeploymentResponse:
-        limit = DeploymentLimit(check_deployment_name(name), body.concurrency)
-        with changing:
-            updated = rule_sets.put_deployment_limit(limits.ruleset(), limit, body.if_version)
-            limits.write(updated)
-        return report(name, updated)
+        return ops.put_deployment(name, body)
 
     @router.delete(
         "/{name}/limits",
@@ -627,10 +489,7 @@ def _deployment_routes(
             Query(ge=0, description="Lift only if the limits are at this version."),
         ] = None,
     ) -> DeploymentResponse:
-        with changing:
-            updated = rule_sets.delete_deployment_limit(limits.ruleset(), name, if_version)
-            limits.write(updated)
-        return report(name, updated)
+        return ops.delete_deployment(name, if_version)
 
     return router
 

@@ -18,7 +18,6 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 
 from admin_api.guard import error
-from admin_api.models import ErrorDetail, ErrorResponse, FieldError
 from pipeline.errors import (
     ConflictError,
     NotFoundError,
@@ -27,6 +26,7 @@ from pipeline.errors import (
     TooLarge,
     ValidationError,
 )
+from pipeline.operations.models import ErrorDetail, ErrorResponse, FieldError
 
 log = logging.getLogger(__name__)
 

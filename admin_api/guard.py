@@ -21,7 +21,7 @@ from enum import Enum
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from admin_api.models import ErrorDetail, ErrorResponse
+from pipeline.operations.models import ErrorDetail, ErrorResponse
 
 HOW_TO_AUTHENTICATE = (
     "send the header `Authorization: Bearer <token>` with one of the tokens "

@@ -11,8 +11,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +398,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 
 def _cmd_invocations_resume(args: argparse.Namespace) -> int:
     from pipeline.codec.records import WireCodec
+    from pipeline.operations.models import ResumeResponse
     from pipeline.runtime.commands import InvocationCommandProducer
 
     settings = load_settings()
@@ -411,180 +412,108 @@ def _cmd_invocations_resume(args: argparse.Namespace) -> int:
         producer.resume_id(args.invocation_id, args.partition_key or args.invocation_id)
     finally:
         producer.close()
-    print(f"resume requested for {args.invocation_id}")
+    _print_model(ResumeResponse(invocation_id=args.invocation_id))
     return 0
 
 
 def _cmd_limits_get(args: argparse.Namespace) -> int:
-    from pipeline.codec.records import WireCodec
-    from pipeline.codec.rules_json import ruleset_to_json
-    from pipeline.runtime.limit_rules import LimitRuleReader
-
-    settings = load_settings()
-    reader = LimitRuleReader(_cluster(settings), settings.topic_names.limits, WireCodec())
-    try:
-        reader.catch_up(_LIMITS_CATCH_UP_S)
-    finally:
-        reader.close()
-    print(json.dumps(ruleset_to_json(reader.ruleset()), indent=2))
+    with _operations(load_settings(), state=False) as ops:
+        _print_model(ops.rules())
     return 0
 
 
 def _cmd_limits_put(args: argparse.Namespace) -> int:
-    from pipeline.codec.rules_json import parse_batch, ruleset_to_json
-    from pipeline.core.limits import put
     from pipeline.errors import ValidationError
+    from pipeline.operations.models import LimitRulesPut, parse_body
 
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"cannot read the rules from {args.file}: {exc}") from exc
-    batch = parse_batch(text)
-    updated = _change_limits(lambda ruleset: put(ruleset, batch.rules, batch.if_version))
-    print(json.dumps(ruleset_to_json(updated), indent=2))
+    body = parse_body(LimitRulesPut, text, f"the rules in {args.file}")
+    with _operations(load_settings(), state=False) as ops:
+        _print_model(ops.put_rules(body))
     return 0
 
 
-def _change_limits(change: Any) -> Any:
-    """Read the limits to the end, write `change(limits)`, and return what was written."""
-    from pipeline.codec.records import WireCodec
-    from pipeline.runtime.limit_rules import LimitRuleReader, LimitRuleStore, LimitRuleWriter
-
-    settings = load_settings()
-    cluster, topic, codec = _cluster(settings), settings.topic_names.limits, WireCodec()
-    with ExitStack() as stack:
-        reader = LimitRuleReader(cluster, topic, codec)
-        stack.callback(reader.close)
-        writer = LimitRuleWriter(cluster, topic, codec)
-        stack.callback(writer.close)
-        reader.catch_up(_LIMITS_CATCH_UP_S)
-        updated = change(reader.ruleset())
-        LimitRuleStore(reader, writer).write(updated)
-    return updated
-
-
 def _cmd_deployments_set(args: argparse.Namespace) -> int:
-    from pipeline.core.deployment import DeploymentLimit
-    from pipeline.core.limits import put_deployment_limit
+    from pipeline.operations.models import DeploymentLimitPut, parse_body
 
-    limit = DeploymentLimit(args.name, args.concurrency)
-    updated = _change_limits(lambda ruleset: put_deployment_limit(ruleset, limit, None))
-    print(json.dumps(_caps_json(updated, {}), indent=2))
+    body = parse_body(DeploymentLimitPut, {"concurrency": args.concurrency}, "the cap")
+    with _operations(load_settings()) as ops:
+        _print_model(ops.put_deployment(args.name, body))
     return 0
 
 
 def _cmd_deployments_remove(args: argparse.Namespace) -> int:
-    from pipeline.core.limits import delete_deployment_limit
-
-    updated = _change_limits(lambda ruleset: delete_deployment_limit(ruleset, args.name, None))
-    print(json.dumps(_caps_json(updated, {}), indent=2))
+    with _operations(load_settings()) as ops:
+        _print_model(ops.delete_deployment(args.name))
     return 0
 
 
 def _cmd_deployments_list(args: argparse.Namespace) -> int:
-    _, ruleset, _, loads = _read_scheduler_state(load_settings())
-    print(json.dumps(_caps_json(ruleset, loads), indent=2))
+    with _operations(load_settings()) as ops:
+        _print_model(ops.deployment_list())
     return 0
 
 
-def _caps_json(ruleset: Any, loads: dict[str, Any]) -> dict[str, Any]:
-    names = sorted({d.deployment for d in ruleset.deployments} | set(loads))
-    deployments = []
-    for name in names:
-        limit, load = ruleset.deployment_limit(name), loads.get(name)
-        deployments.append(
-            {
-                "deployment": name,
-                "concurrency": None if limit is None else limit.concurrency,
-                "running": 0 if load is None else load.running,
-                "awaiting": 0 if load is None else load.waiting,
-            }
-        )
-    return {"version": ruleset.version, "deployments": deployments}
-
-
 def _cmd_queues_list(args: argparse.Namespace) -> int:
-    from pipeline.codec.reports_json import queue_summary_to_json
-    from pipeline.core.introspection import parse_scope, queue_report
-    from pipeline.runtime.clock import wall_clock_ms
-
-    queues, ruleset, scopes, _ = _read_scheduler_state(load_settings())
-    wanted = None if args.scope is None else parse_scope(args.scope)
-    chosen = sorted(
-        (q for q in queues if wanted is None or q.id.scope == wanted),
-        key=lambda q: (q.id.scope, q.id.limit_key),
-    )
-    now = wall_clock_ms()
-    listed = [
-        queue_summary_to_json(queue_report(q, ruleset.rules, now, scopes.get(q.id.scope)))
-        for q in chosen
-    ]
-    print(json.dumps({"queues": listed}, indent=2))
+    with _operations(load_settings()) as ops:
+        _print_model(ops.queue_list(args.scope))
     return 0
 
 
 def _cmd_queues_show(args: argparse.Namespace) -> int:
-    from pipeline.codec.reports_json import queue_report_to_json
-    from pipeline.core.introspection import DEFAULT_SCOPE, parse_queue_address, queue_report
-    from pipeline.errors import NotFoundError
-    from pipeline.runtime.clock import wall_clock_ms
-
     scope, _, limit_key = args.queue.partition("/")
-    queue_id = parse_queue_address(scope, limit_key)
-    queues, ruleset, scopes, _ = _read_scheduler_state(load_settings())
-    queue = next((q for q in queues if q.id == queue_id), None)
-    if queue is None:
-        raise NotFoundError(
-            f"no invocation waits or runs in queue {args.queue!r}: an idle queue leaves no "
-            f"state. Check the scope and limit key (a service's default queue is "
-            f"{DEFAULT_SCOPE}/Service); `pipeline queues` lists the active queues"
-        )
-    print(
-        json.dumps(
-            queue_report_to_json(
-                queue_report(queue, ruleset.rules, wall_clock_ms(), scopes.get(queue_id.scope))
-            ),
-            indent=2,
-        )
-    )
+    with _operations(load_settings()) as ops:
+        _print_model(ops.queue(scope, limit_key))
     return 0
 
 
-def _read_scheduler_state(
-    settings: Settings,
-) -> tuple[list[Any], Any, dict[str, Any], dict[str, Any]]:
-    """The scheduler's queues, the rules in force, the loads of the queues' scopes and
-    of the deployments with a cap, all read up to the end."""
+def _print_model(model: Any) -> None:
+    """What the Admin API would answer, as the same JSON."""
+    print(json.dumps(model.model_dump(mode="json"), indent=2))
+
+
+@contextmanager
+def _operations(settings: Settings, *, state: bool = True) -> Iterator[Any]:
+    """The operations of the Admin API over this process's own readers, each read to
+    its end: the limit rules always, the scheduler's state and the services when
+    `state` (a private replica of the changelog, deleted on exit)."""
     from pipeline.codec.records import WireCodec
     from pipeline.errors import RetryableError
-    from pipeline.runtime.limit_rules import LimitRuleReader
+    from pipeline.operations.operations import Operations
+    from pipeline.runtime.limit_rules import LimitRuleReader, LimitRuleStore, LimitRuleWriter
+    from pipeline.views.catalog import ServiceCatalogView
     from pipeline.views.scheduler_state import SchedulerStateView
 
-    codec = WireCodec()
-    cluster = _cluster(settings)
-    # A private replica, deleted on stop: the CLI reads the changelog once and exits.
-    view = SchedulerStateView(cluster, settings.topic_names, codec, settings.state_dir)
-    reader = LimitRuleReader(cluster, settings.topic_names.limits, codec)
-    try:
-        view.start()
+    cluster, names, codec = _cluster(settings), settings.topic_names, WireCodec()
+    with ExitStack() as stack:
+        reader = LimitRuleReader(cluster, names.limits, codec)
+        stack.callback(reader.close)
+        writer = LimitRuleWriter(cluster, names.limits, codec)
+        stack.callback(writer.close)
+        views: list[Any] = []
+        if state:
+            views = [
+                SchedulerStateView(cluster, names, codec, settings.state_dir),
+                ServiceCatalogView(cluster, names, codec),
+            ]
+            for view in views:
+                view.start()
+                stack.callback(view.stop)
         reader.catch_up(_LIMITS_CATCH_UP_S)
-        if not view.wait_caught_up(_LIMITS_CATCH_UP_S):
-            raise RetryableError(
-                f"the scheduler state ({view.topic}) was not read to its end within "
-                f"{_LIMITS_CATCH_UP_S:.0f}s: check the broker and retry"
-            )
-        queues = view.queues()
-        scopes = {q.id.scope: view.scope_load(q.id.scope) for q in queues}
-        ruleset = reader.ruleset()
-        loads = {
-            d.deployment: load
-            for d in ruleset.deployments
-            if (load := view.deployment_load(d.deployment)) is not None
-        }
-        return queues, ruleset, scopes, loads
-    finally:
-        view.stop()
-        reader.close()
+        for view in views:
+            if not view.wait_caught_up(_LIMITS_CATCH_UP_S):
+                raise RetryableError(
+                    f"{view.topic} was not read to its end within {_LIMITS_CATCH_UP_S:.0f}s: "
+                    "check the broker and retry"
+                )
+        yield Operations(
+            LimitRuleStore(reader, writer),
+            invocations_port=views[0] if views else None,
+            services_port=views[1] if views else None,
+        )
 
 
 def _cmd_results_tail(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from typing import TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline.kafka.config import ClientConfig
+from pipeline.kafka.errors import is_fatal
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class DispatchConsumer:
         fetched = [first]
         if max_records > 1:
             fetched.extend(consumer.consume(max_records - 1, 0))
-        if any((error := msg.error()) is not None and error.fatal() for msg in fetched):
+        if any(is_fatal(msg.error()) for msg in fetched):
             # A fatal consumer never fetches again (seen when a broker restart makes the
             # coordinator fence a static member rejoining with its old member id): join
             # again with a new one. Attempts in flight are left to their leases.

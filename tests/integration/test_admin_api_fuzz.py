@@ -5,20 +5,17 @@ OpenAPI document says."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pipeline.settings import Settings
-from tests.support.runtime import process_env, runtime_settings
+from tests.support.admin_api import admin_api_process
+from tests.support.runtime import runtime_settings
 from topics.provision import provision
 
 pytestmark = pytest.mark.integration
@@ -27,48 +24,15 @@ ADMIN, READER = "fuzz-admin", "fuzz-reader"
 # Seconds per token, most where most is reachable: the whole suite must stay within its
 # budget on two cores. PIPELINE_FUZZ_SCALE=10 runs ten times as long.
 _SCALE = float(os.environ.get("PIPELINE_FUZZ_SCALE", "1"))
-SECONDS = {"admin": 35 * _SCALE, "read": 15 * _SCALE, "anonymous": 8 * _SCALE}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+SECONDS = {"admin": 30 * _SCALE, "read": 10 * _SCALE, "anonymous": 5 * _SCALE}
 
 
 @pytest.fixture
 def admin_api(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[str]:
     settings: Settings = runtime_settings(kafka_bootstrap, topic_prefix)
     provision(kafka_bootstrap, settings.catalogue)
-    port = free_port()
-    env = {
-        **process_env(settings),
-        "PIPELINE_ADMIN_API_PORT": str(port),
-        "PIPELINE_ADMIN_API_TOKENS": json.dumps([ADMIN]),
-        "PIPELINE_ADMIN_API_READ_TOKENS": json.dumps([READER]),
-        "PIPELINE_STATE_DIR": str(tmp_path / "state"),
-    }
-    log = (tmp_path / "admin-api.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "admin-api"], env=env, stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, (tmp_path / "admin-api.log").read_text()
-            assert time.monotonic() < deadline, "the Admin API did not start within 60 s"
-            time.sleep(0.2)
+    with admin_api_process(settings, tmp_path, admin=ADMIN, read=READER) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
 
 
 @pytest.mark.timeout(900)

@@ -180,18 +180,29 @@ def test_cli_puts_and_gets_rules(settings: Settings, codec: WireCodec, tmp_path:
 def test_cli_sets_lists_and_lifts_a_deployment_cap(settings: Settings, codec: WireCodec) -> None:
     set_cap = run_cli(settings, "deployments", "set", "Greeter", "3")
     assert set_cap.returncode == 0, set_cap.stderr
-    assert json.loads(set_cap.stdout)["deployments"][0]["concurrency"] == 3
+    shown = json.loads(set_cap.stdout)
+    assert (shown["deployment"], shown["concurrency"], shown["version"]) == ("Greeter", 3, 1)
     assert read_rules(settings, codec).deployment_limit("Greeter") == DeploymentLimit("Greeter", 3)
 
     listed = run_cli(settings, "deployments", "list")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == {
         "version": 1,
-        "deployments": [{"deployment": "Greeter", "concurrency": 3, "running": 0, "awaiting": 0}],
+        "deployments": [
+            {
+                "deployment": "Greeter",
+                "concurrency": 3,
+                "running": 0,
+                "awaiting": 0,
+                "announced": False,
+                "version": 1,
+            }
+        ],
     }
 
     bad = run_cli(settings, "deployments", "set", "Greeter", "-1")
-    assert bad.returncode == 2 and "concurrency -1 must be >= 0" in bad.stderr
+    assert bad.returncode == 2, bad.stderr
+    assert "concurrency: Input should be greater than or equal to 0" in bad.stderr
     lifted = run_cli(settings, "deployments", "remove", "Greeter")
     assert lifted.returncode == 0, lifted.stderr
     assert read_rules(settings, codec).deployments == ()

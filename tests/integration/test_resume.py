@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -164,6 +165,9 @@ def test_cli_resumes_a_paused_invocation_by_id_and_partition_key(
             settings, "invocations", "resume", invocation_id, "--partition-key", scope
         )
         assert resumed.returncode == 0, resumed.stderr
-        assert resumed.stdout.strip() == f"resume requested for {invocation_id}"
+        assert json.loads(resumed.stdout) == {
+            "invocation_id": invocation_id,
+            "status": "resume-requested",
+        }
 
         assert_completes_on_third_attempt(client, invocation_id)

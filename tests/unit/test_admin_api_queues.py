@@ -7,8 +7,6 @@ from collections.abc import Iterable
 from fastapi.testclient import TestClient
 
 from admin_api import create_app
-from pipeline.codec.reports_json import queue_report_to_json, queue_summary_to_json
-from pipeline.core.introspection import queue_address, queue_report
 from pipeline.core.lifecycle import InvocationStatus
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.core.model import InvocationRequest, QueueId, Target
@@ -219,15 +217,3 @@ def test_a_pending_invocation_in_a_default_queue_points_at_the_tilde_path() -> N
 
     assert waiting["queue_path"] == "/queues/~/Billing"
     assert (waiting["position"], waiting["blocker"]) == (1, None)
-
-
-def test_the_cli_prints_what_the_api_shows() -> None:
-    api = client(queues=QUEUES)
-    rules, now = RULES.rules, NOW
-
-    for queue in QUEUES:
-        report = queue_report(queue, rules, now)
-        path = f"/queues/{queue_address(queue.id)}"
-        assert queue_report_to_json(report) == api.get(path).json()
-    listed = [queue_summary_to_json(queue_report(q, rules, now)) for q in QUEUES]
-    assert sorted(listed, key=lambda q: q["queue_id"]) == api.get("/queues").json()["queues"]

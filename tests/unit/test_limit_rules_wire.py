@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.codec.records import LIMIT_RULES, WireCodec
-from pipeline.codec.rules_json import parse_batch, ruleset_to_json
 from pipeline.core.limits import LimitRule, RulePattern, RuleSet
 from pipeline.errors import (
     ConflictError,
     DecodeError,
     RetryableError,
-    TooLarge,
     ValidationError,
 )
-from pipeline.kafka.config import ClusterConfig
+from pipeline.operations.models import LimitRulesPut, limit_rule, parse_body
 from pipeline.runtime.limit_rules import (
     RULES_KEY,
     LimitRuleStore,
-    LimitRuleWriter,
     decode_record,
     newest,
 )
@@ -145,67 +143,43 @@ def test_a_failed_write_is_not_shown() -> None:
     assert cache.ruleset() == RuleSet(1)
 
 
-# the CLI's JSON
+# the CLI reads a rule file with the Admin API's own model
 
 
-def test_cli_json_reads_the_admin_api_fields() -> None:
-    batch = parse_batch(
-        json.dumps(
-            {
-                "rules": [
-                    {"id": "a", "pattern": "acme/*", "concurrency": 2, "rate": 5, "burst": 3},
-                    {"id": "b", "pattern": "*", "paused": True, "hold_while_suspended": True},
-                ],
-                "if_version": 4,
-            }
-        )
+def test_a_rule_file_is_read_as_the_admin_api_reads_a_body() -> None:
+    text = json.dumps(
+        {
+            "rules": [
+                {"id": "a", "pattern": "acme/*", "concurrency": 2, "rate": 5, "burst": 3.0},
+                {"id": "b", "pattern": "*", "paused": True, "hold_while_suspended": True},
+            ],
+            "if_version": 4,
+        }
     )
-    assert batch.if_version == 4
-    assert batch.rules == (
+    body = parse_body(LimitRulesPut, text, "the rules in rules.json")
+
+    assert body.if_version == 4
+    assert [limit_rule(rule) for rule in body.rules] == [
         LimitRule("a", RulePattern.parse("acme/*"), concurrency=2, rate_per_s=5.0, burst=3),
         LimitRule("b", RulePattern.parse("*"), paused=True, hold_while_suspended=True),
-    )
-
-
-def test_cli_json_prints_what_it_reads() -> None:
-    ruleset = RuleSet(
-        3, (LimitRule("a", RulePattern.parse("acme/*"), rate_per_s=2.5, max_queued=10),)
-    )
-    printed = ruleset_to_json(ruleset)
-    assert printed["version"] == 3
-    assert parse_batch(json.dumps({"rules": printed["rules"]})).rules == ruleset.rules
+    ]
 
 
 @pytest.mark.parametrize(
-    ("document", "message"),
+    ("document", "where"),
     [
-        ("[", "not valid JSON"),
-        ("[]", "must be a JSON object"),
-        ('{"rules": {}}', '"rules" must be an array'),
-        ('{"rules": [], "version": 1}', "unknown field"),
-        ('{"rules": [1]}', r"rules\[0\] must be an object"),
-        ('{"rules": [{"pattern": "*"}]}', r"rules\[0\].id must be a string"),
-        ('{"rules": [{"id": "a", "pattern": "*", "burst": true}]}', "burst must be an integer"),
-        ('{"rules": [{"id": "a", "pattern": "*", "rate": "5"}]}', "rate must be a number"),
-        ('{"rules": [{"id": "a", "pattern": "*", "paused": 1}]}', "paused must be true or false"),
-        ('{"rules": [{"id": "a", "pattern": "*", "burst": 0}]}', "burst 0 must be >= 1"),
-        ('{"rules": [{"id": "a", "pattern": "a//b"}]}', "rule pattern 'a//b' is not valid"),
-        ('{"rules": [], "if_version": "3"}', "'if_version' must be an integer"),
+        ("[", "body"),
+        ("[]", "body"),
+        ('{"rules": {}}', "rules"),
+        ('{"rules": [{"id": "a", "pattern": "*"}], "version": 1}', "version"),
+        ('{"rules": [1]}', "rules.0"),
+        ('{"rules": [{"pattern": "*"}]}', "rules.0.id"),
+        ('{"rules": [{"id": "a", "pattern": "*", "burst": true}]}', "rules.0.burst"),
+        ('{"rules": [{"id": "a", "pattern": "*", "rate": "5"}]}', "rules.0.rate"),
+        ('{"rules": [{"id": "a", "pattern": "*", "paused": 1}]}', "rules.0.paused"),
+        ('{"rules": [{"id": "a", "pattern": "*"}], "if_version": "3"}', "if_version"),
     ],
 )
-def test_cli_json_errors_say_where(document: str, message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
-        parse_batch(document)
-
-
-def test_a_rule_set_larger_than_a_record_is_refused_as_too_large_not_retryable() -> None:
-    rules = tuple(
-        LimitRule(f"rule-{n:05d}-" + "x" * 200, RulePattern.parse(f"s{n}/*"), concurrency=1)
-        for n in range(6_000)
-    )
-    writer = LimitRuleWriter(ClusterConfig("127.0.0.1:1"), "limits", WireCodec())
-    try:
-        with pytest.raises(TooLarge, match="more than the 1000000 bytes"):
-            writer.write(RuleSet(1, rules))
-    finally:
-        writer.close(0.1)
+def test_a_bad_rule_file_names_the_field_to_fix(document: str, where: str) -> None:
+    with pytest.raises(ValidationError, match=rf"rules.json: not valid.*{re.escape(where)}"):
+        parse_body(LimitRulesPut, document, "the rules in rules.json")

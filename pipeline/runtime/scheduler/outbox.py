@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from pipeline.errors import PipelineError
+from pipeline.kafka.errors import is_fatal
 from pipeline.runtime.consumed import REASON_CHARS, ConsumedRecord, dead_letter_headers
 from pipeline.runtime.scheduler.transactions import Transactions
 
@@ -161,7 +162,7 @@ class Outbox:
                 producer.poll(0.05)
             except KafkaException as exc:
                 error = exc.args[0]
-                if error.fatal() or error.retriable():
+                if is_fatal(error) or error.retriable():
                     raise
                 # Refused before it left: about this record (its size, its partition).
                 raise ContentRefused(f"{topic}[{partition}]: {error.str()}") from exc

@@ -91,6 +91,7 @@ from pipeline.core.scheduler import (
 )
 from pipeline.errors import DecodeError, RetryableError
 from pipeline.kafka.config import ClientConfig
+from pipeline.kafka.errors import is_fatal
 from pipeline.runtime.clock import wall_clock_ms
 from pipeline.runtime.consumed import ConsumedRecord, read_record
 from pipeline.runtime.kafka_clients import joined_cluster
@@ -296,7 +297,7 @@ class SchedulerProcessor:
                 # Looked up once a loop: each look is a RocksDB seek per partition.
                 wake = self._next_wake_ms()
                 batch = self._next_batch(consumer, wake)
-                if any(_is_fatal(m.error()) for m in batch):
+                if any(is_fatal(m.error()) for m in batch):
                     consumer = self._renew_consumer(consumer)
                     continue
                 now = self._clock()
@@ -998,10 +999,6 @@ class SchedulerProcessor:
         outbox.send(
             topic, partition, key, value, timestamp_ms=timestamp_ms, on_delivery=on_delivery
         )
-
-
-def _is_fatal(error: KafkaError | None) -> bool:
-    return error is not None and (error.fatal() or error.code() == KafkaError._FATAL)
 
 
 def _own_headers(record: ConsumedRecord) -> list[tuple[str, bytes]]:

@@ -8,13 +8,13 @@ These are the HTTP contract, free to differ from the domain: never pass them int
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 from pydantic.config import JsonDict
 
-from admin_api.patterns import PRINTABLE, RULE_PATTERN, SCOPE
 from pipeline.core.deployment import DeploymentLoad
 from pipeline.core.ids import sent_id
 from pipeline.core.introspection import QueueReport, WaitingReport, explain, queue_address
@@ -30,6 +30,8 @@ from pipeline.core.model import (
     Target,
 )
 from pipeline.core.state import Invocation
+from pipeline.errors import ValidationError
+from pipeline.operations.patterns import PRINTABLE, RULE_PATTERN, SCOPE
 from pipeline.views.invocation_index import InvocationPage
 
 
@@ -661,3 +663,22 @@ def _instant(epoch_ms: int) -> datetime:
 
 def _optional_instant(epoch_ms: int | None) -> datetime | None:
     return None if epoch_ms is None else _instant(epoch_ms)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse_body(model: type[_M], body: str | dict[str, object], where: str) -> _M:
+    """A request body given elsewhere than over HTTP (a file or arguments of the CLI), as
+    JSON text or decoded, checked exactly as the Admin API checks it; `ValidationError`
+    names the fields to fix."""
+    try:
+        if isinstance(body, str):
+            return model.model_validate_json(body)
+        return model.model_validate(body)
+    except PydanticValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}"
+            for e in exc.errors()[:10]
+        )
+        raise ValidationError(f"{where}: not valid, fix these fields: {fields}") from None
