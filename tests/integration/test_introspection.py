@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -60,10 +61,11 @@ def release() -> threading.Event:
     return threading.Event()
 
 
-@pytest.fixture
-def settings(
+@contextmanager
+def gated_pipeline(
     kafka_bootstrap: str, topic_prefix: str, release: threading.Event
 ) -> Iterator[Settings]:
+    """The pipeline running `gated_service` under a concurrency-1 rule on `acme/*`."""
     settings = runtime_settings(kafka_bootstrap, topic_prefix)
     # The rule is in place before the scheduler starts, so it governs the first admission.
     provision(kafka_bootstrap, settings.catalogue)
@@ -74,6 +76,14 @@ def settings(
         finally:
             # A failed test must not leave handlers holding the worker while it stops.
             release.set()
+
+
+@pytest.fixture
+def settings(
+    kafka_bootstrap: str, topic_prefix: str, release: threading.Event
+) -> Iterator[Settings]:
+    with gated_pipeline(kafka_bootstrap, topic_prefix, release) as settings:
+        yield settings
 
 
 def eventually(probe: Callable[[], Any], accept: Callable[[Any], bool]) -> Any:

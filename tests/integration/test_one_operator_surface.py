@@ -15,12 +15,10 @@ import httpx
 import pytest
 
 from pipeline.client import Client
-from pipeline.core.limits import LimitRule, RulePattern
 from pipeline.settings import Settings
-from tests.integration.test_introspection import gated_service, write_rules
+from tests.integration.test_introspection import gated_pipeline
 from tests.support.admin_api import admin_api_process
-from tests.support.runtime import run_cli, running_pipeline, runtime_settings
-from topics.provision import provision
+from tests.support.runtime import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +37,8 @@ def release() -> Iterator[threading.Event]:
 def settings(
     kafka_bootstrap: str, topic_prefix: str, release: threading.Event
 ) -> Iterator[Settings]:
-    settings = runtime_settings(kafka_bootstrap, topic_prefix)
-    provision(kafka_bootstrap, settings.catalogue)
-    write_rules(settings, LimitRule("per-key", RulePattern.parse("acme/*"), concurrency=1))
-    with running_pipeline(settings, [gated_service(release)]):
-        try:
-            yield settings
-        finally:
-            release.set()
+    with gated_pipeline(kafka_bootstrap, topic_prefix, release) as settings:
+        yield settings
 
 
 @pytest.fixture
